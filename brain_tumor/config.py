@@ -1,0 +1,68 @@
+"""Configuration: class names and their aliases, preprocessing defaults, and the TrainConfig dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+DEFAULT_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+NO_TUMOR = "notumor"
+
+# Folder names seen in public copies of the dataset, mapped to our canonical names.
+CLASS_ALIASES: dict[str, str] = {
+    "glioma": "glioma", "glioma_tumor": "glioma", "glioma tumor": "glioma", "gliomas": "glioma",
+    "meningioma": "meningioma", "meningioma_tumor": "meningioma", "meningioma tumor": "meningioma",
+    "pituitary": "pituitary", "pituitary_tumor": "pituitary", "pituitary tumor": "pituitary",
+    "notumor": "notumor", "no_tumor": "notumor", "no tumor": "notumor", "no-tumor": "notumor",
+    "no": "notumor", "normal": "notumor", "healthy": "notumor",
+    "yes": "tumor", "tumor": "tumor", "tumour": "tumor",
+}
+# Names that mean "no tumour" whatever the dataset calls it.
+NO_TUMOR_NAMES = frozenset(k for k, v in CLASS_ALIASES.items() if v == "notumor")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+DICOM_SUFFIXES = (".dcm", ".dicom", "")
+
+# ImageNet statistics: the grayscale slice is repeated on three channels, so an ImageNet-initialised
+# network sees what it expects and a scratch network loses nothing.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MAX_FILE_BYTES = 50 * 1024 * 1024  # refuse uploads above this
+MAX_PIXELS = 64_000_000  # refuse images whose header claims more (decompression bombs)
+
+
+def canonical_class(name: str) -> str:
+    """Map a folder name such as ``glioma_tumor`` or ``no`` to its canonical class (or itself)."""
+    key = name.strip().lower()
+    return CLASS_ALIASES.get(key, key)
+
+
+def is_no_tumor(name: str) -> bool:
+    return canonical_class(name) == NO_TUMOR
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; train.py flags map one to one onto these fields."""
+
+    data: str = ""  # root of class folders, or a Kaggle root holding Training/ and Testing/
+    out: str = "runs/brain-tumor-resnet18"  # output folder in Hugging Face layout
+    init: str = "imagenet"  # imagenet | scratch | path to a .safetensors file or model folder
+    img_size: int = 224  # square network input, pixels
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3  # head learning rate (and every layer's when training from scratch)
+    backbone_lr: Optional[float] = 1e-4  # None: one learning rate for all layers
+    weight_decay: float = 1e-4
+    schedule: str = "plateau"  # plateau (ReduceLROnPlateau, the original recipe) | onecycle
+    patience: int = 5  # early stopping: epochs without validation improvement
+    val_fraction: float = 0.15
+    dup_threshold: float = 0.95  # thumbnail correlation that makes two images one group
+    seed: int = 42
+    workers: int = 0  # DataLoader workers; images are decoded once and held in memory
+    threads: int = 0  # torch CPU threads, 0 = all cores
+    label_smoothing: float = 0.05
+    intensity_aug: bool = True  # gamma, contrast, inversion, equalisation, blur: break the sequence cue
+    max_images: int = 0  # 0 = all; small values for smoke tests
+    push_to_hub: Optional[str] = None  # repo id, e.g. user/brain-tumor-resnet18
+    notes: list[str] = field(default_factory=list)  # free text copied into the model card

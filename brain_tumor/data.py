@@ -1,0 +1,595 @@
+"""Reading scans (JPEG/PNG/TIFF/... and DICOM), the one preprocessing path, dataset layouts and leakage-aware splits.
+
+Every consumer -- training, evaluation, the CLI and the app -- goes through ``read_image`` and
+``prepare``: decode to an 8-bit grayscale slice, crop to the head, pad to a square, resize.
+Cropping to the head removes the image size and the border, the shortcuts that fooled the
+original project; grayscale removes the colour cast of photographed films.
+
+Dataset: Kaggle "Brain Tumor MRI Dataset" (Masoud Nickparvar, CC0 1.0), a merge of figshare
+(Cheng et al.), SARTAJ and Br35H. Leakage warning: it is full of near-duplicate slices (the same
+slice re-saved, neighbouring slices of one patient), so a per-image random split overstates
+accuracy. ``near_duplicate_groups`` + ``grouped_split`` keep every group on one side.
+
+    python -m brain_tumor.data DIR                       # counts, sizes, modes, shortcut flags, duplicates
+    python -m brain_tumor.data DIR --show-augmentations FILE --out grid.png
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from .config import (DICOM_SUFFIXES, IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_FILE_BYTES, MAX_PIXELS,
+                     canonical_class)
+
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """An input that cannot be used as a scan, with a reason a person can act on."""
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+def _looks_like_dicom(head: bytes, suffix: str) -> bool:
+    return head[128:132] == b"DICM" or suffix in (".dcm", ".dicom")
+
+
+def read_image(source: Union[PathLike, bytes], frame: Optional[int] = None,
+               max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
+    """Decode a file (or its bytes) to an 8-bit grayscale slice, H x W uint8.
+
+    Images: JPEG, PNG, BMP, TIFF, WebP, GIF (first frame), any Pillow mode (16-bit, RGBA, palette, CMYK),
+    EXIF orientation applied. DICOM: modality LUT, window centre/width or VOI LUT, MONOCHROME1 inverted;
+    ``frame`` picks a slice of a multi-frame file (default: the middle one).
+    Raises ImageReadError with a plain reason for anything else.
+    """
+    data, name = _read_bytes(source, max_bytes)
+    suffix = Path(name).suffix.lower()
+    if _looks_like_dicom(data[:132], suffix):
+        return _read_dicom(data, frame)
+    return _read_pillow(data, frame)
+
+
+def _read_bytes(source: Union[PathLike, bytes], max_bytes: int) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray)):
+        data, name = bytes(source), ""
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageReadError(f"file not found: {path.name}")
+        if not path.is_file():
+            raise ImageReadError(f"not a file: {path.name}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageReadError(f"file too large: {size / 1e6:.1f} MB (limit {max_bytes / 1e6:.0f} MB)")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageReadError(f"cannot read file: {e.strerror or e}") from None
+        name = path.name
+    if len(data) == 0:
+        raise ImageReadError("empty file")
+    if len(data) > max_bytes:
+        raise ImageReadError(f"file too large: {len(data) / 1e6:.1f} MB (limit {max_bytes / 1e6:.0f} MB)")
+    return data, name
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale any numeric array to 0..255 by its own range (a flat image becomes zeros)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _read_pillow(data: bytes, frame: Optional[int]) -> np.ndarray:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError("not a supported image or DICOM file") from None
+    except Exception as e:  # Pillow raises many kinds on corrupt headers
+        raise ImageReadError(f"cannot open image: {_short(e)}") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(f"image too large: {w} x {h} pixels (limit {MAX_PIXELS // 1_000_000} megapixels); "
+                             "possibly a decompression bomb")
+    if w < 1 or h < 1:
+        raise ImageReadError("image has no pixels")
+    try:
+        n_frames = getattr(im, "n_frames", 1)
+        if frame:
+            if not 0 <= frame < n_frames:
+                raise ImageReadError(f"frame {frame} out of range: the file has {n_frames} frame(s)")
+            im.seek(frame)
+        im = ImageOps.exif_transpose(im) or im
+        im.load()
+        return _pillow_to_gray(im)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageReadError("image too large: possibly a decompression bomb") from None
+    except Exception as e:
+        raise ImageReadError(f"corrupt or truncated image: {_short(e)}") from None
+
+
+def _pillow_to_gray(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return _to_uint8(np.asarray(im))
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))  # MRI background is black
+        im = Image.alpha_composite(background, im)
+    if mode == "1":
+        im = im.convert("L")
+    if im.mode != "L":
+        im = im.convert("RGB").convert("L")
+    return np.asarray(im, dtype=np.uint8).copy()
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]
+
+
+def _read_dicom(data: bytes, frame: Optional[int]) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, IndexError) as e:
+        raise ImageReadError(f"corrupt or truncated DICOM file ({type(e).__name__})") from None
+    except Exception as e:  # pydicom can raise almost anything on a damaged file
+        raise ImageReadError(f"corrupt or truncated DICOM file ({type(e).__name__})") from None
+    if "PixelData" not in ds:
+        raise ImageReadError("DICOM file has no image (no pixel data): it may be a report or other non-image object")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax)) if syntax else "unknown"
+        msg = str(e).lower()
+        if "decod" in msg or "plugin" in msg or "handler" in msg or "not supported" in msg or "unable" in msg:
+            raise ImageReadError(f"DICOM transfer syntax not supported here: {name}") from None
+        raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(e).__name__})") from None
+    return dicom_to_gray(ds, arr, frame)
+
+
+def dicom_frame_count(source: Union[PathLike, bytes]) -> int:
+    """Number of frames in a DICOM file (1 for single-frame files and for ordinary images)."""
+    data, name = _read_bytes(source, MAX_FILE_BYTES)
+    if not _looks_like_dicom(data[:132], Path(name).suffix.lower()):
+        return 1
+    import pydicom
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except Exception:
+        return 1
+
+
+def dicom_to_gray(ds, arr: np.ndarray, frame: Optional[int] = None) -> np.ndarray:
+    """Turn decoded DICOM pixels into an 8-bit display slice: modality LUT, VOI window, MONOCHROME1 inverted."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    color = int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1
+    if n_frames > 1:
+        index = n_frames // 2 if frame is None else frame
+        if not 0 <= index < n_frames:
+            raise ImageReadError(f"frame {index} out of range: the DICOM file has {n_frames} frames")
+        arr = arr[index]
+    elif frame not in (None, 0):
+        raise ImageReadError(f"frame {frame} out of range: the DICOM file has 1 frame")
+    if color:
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+            arr = convert_color_space(arr, photometric, "RGB")
+        return cv2.cvtColor(_to_uint8(arr), cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else _to_uint8(arr)
+    if arr.ndim != 2:
+        raise ImageReadError(f"unexpected DICOM pixel array shape {arr.shape}")
+    values = apply_modality_lut(arr, ds).astype(np.float64)
+    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+    if center is not None and width is not None and width > 1:
+        lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+        values = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
+        out = np.round(values).astype(np.uint8)
+    elif "VOILUTSequence" in ds:
+        out = _to_uint8(apply_voi_lut(values, ds))
+    else:
+        out = _to_uint8(values)
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+    return out
+
+
+def _first(value) -> Optional[float]:
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or hasattr(value, "__len__") and not isinstance(value, str):
+            value = value[0]
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+# ------------------------------------------------------------------------------------- the one preprocessing
+
+@dataclass(frozen=True)
+class Crop:
+    """Square crop of the original image (may extend past its edges, where it is zero-padded)."""
+
+    x0: int
+    y0: int
+    side: int
+    height: int  # original image size
+    width: int
+
+
+def head_mask(gray: np.ndarray) -> np.ndarray:
+    """Boolean mask of the head: Otsu threshold, largest non-frame component, holes filled.
+
+    Works on the image's own intensities, so it also serves as the reference for 'how much of the
+    heat map lies inside the head'. Returns all-True when no plausible head is found.
+    """
+    h, w = gray.shape
+    scale = 256.0 / max(h, w)
+    small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
+        if scale < 1 else gray
+    blur = cv2.GaussianBlur(small, (5, 5), 0)
+    otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    thresh = max(8.0, 0.35 * otsu)
+    binary = (blur > thresh).astype(np.uint8)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    sh, sw = binary.shape
+    best, best_area = 0, 0
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        frame_like = bw >= 0.97 * sw and bh >= 0.97 * sh and area < 0.5 * bw * bh
+        if not frame_like and area > best_area:
+            best, best_area = i, area
+    if best == 0 or best_area < 0.02 * sh * sw:
+        return np.ones((h, w), dtype=bool)
+    comp = (labels == best).astype(np.uint8)
+    # fill holes: flood the background from outside the component
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(comp)
+    cv2.drawContours(filled, contours, -1, 1, thickness=cv2.FILLED)
+    if filled.shape != (h, w):
+        filled = cv2.resize(filled, (w, h), interpolation=cv2.INTER_NEAREST)
+    return filled.astype(bool)
+
+
+def head_crop(gray: np.ndarray, margin: float = 0.04) -> Crop:
+    """The square around the head, with a small margin; the whole image (padded square) if no head is found."""
+    h, w = gray.shape
+    mask = head_mask(gray)
+    ys, xs = np.nonzero(mask)
+    if mask.all() or len(xs) == 0:
+        x0, x1, y0, y1 = 0, w, 0, h
+    else:
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = int(round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
+    side = max(side, 1)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return Crop(int(round(cx - side / 2)), int(round(cy - side / 2)), side, h, w)
+
+
+def apply_crop(gray: np.ndarray, crop: Crop, size: int) -> np.ndarray:
+    """Cut the crop out of the image (zero outside it) and resize to size x size."""
+    h, w = gray.shape
+    canvas = np.zeros((crop.side, crop.side), dtype=np.uint8)
+    sx0, sy0 = max(crop.x0, 0), max(crop.y0, 0)
+    sx1, sy1 = min(crop.x0 + crop.side, w), min(crop.y0 + crop.side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - crop.y0:sy1 - crop.y0, sx0 - crop.x0:sx1 - crop.x0] = gray[sy0:sy1, sx0:sx1]
+    interp = cv2.INTER_AREA if crop.side > size else cv2.INTER_LINEAR
+    return cv2.resize(canvas, (size, size), interpolation=interp)
+
+
+def prepare(gray: np.ndarray, size: int) -> tuple[np.ndarray, Crop]:
+    """The one preprocessing path: crop to the head, pad square, resize. Returns (size x size uint8, crop)."""
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"prepare expects an H x W uint8 slice, got {gray.dtype} {gray.shape}")
+    crop = head_crop(gray)
+    return apply_crop(gray, crop, size), crop
+
+
+def uncrop(heat: np.ndarray, crop: Crop) -> np.ndarray:
+    """Map a map computed on the prepared square back onto the original H x W image (zero outside the crop)."""
+    out = np.zeros((crop.height, crop.width), dtype=np.float32)
+    big = cv2.resize(heat.astype(np.float32), (crop.side, crop.side), interpolation=cv2.INTER_LINEAR)
+    sx0, sy0 = max(crop.x0, 0), max(crop.y0, 0)
+    sx1, sy1 = min(crop.x0 + crop.side, crop.width), min(crop.y0 + crop.side, crop.height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0:sy1, sx0:sx1] = big[sy0 - crop.y0:sy1 - crop.y0, sx0 - crop.x0:sx1 - crop.x0]
+    return out
+
+
+def to_tensor(batch: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """N x S x S uint8 (or S x S) -> N x 3 x S x S float tensor, normalised, channels-last."""
+    import torch
+
+    arr = np.asarray(batch)
+    if arr.ndim == 2:
+        arr = arr[None]
+    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------ dataset layouts
+
+@dataclass
+class ImageFolder:
+    """Images under class folders: paths, integer labels, and the class names (sorted folder names)."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+_SPLIT_NAMES = {"train": ("training", "train"), "test": ("testing", "test"), "val": ("validation", "val", "valid")}
+
+
+def is_image_file(path: Path) -> bool:
+    """Scan files by name: known image suffixes, .dcm, or no suffix (DICOM often has none)."""
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """Every scan file under a folder, walked recursively, in sorted order."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_class_folders(root: PathLike) -> ImageFolder:
+    """A root whose sub-folders are classes. Folder names are canonicalised (``glioma_tumor`` -> ``glioma``,
+    ``no`` -> ``notumor``, ``yes`` -> ``tumor``) so that class names travel consistently into the checkpoint."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    by_class: dict[str, list[Path]] = {}
+    for d in folders:
+        files = list_images(d)
+        if files:
+            by_class.setdefault(canonical_class(d.name), []).extend(files)
+    if len(by_class) < 2:
+        raise ValueError(f"{root} needs at least two class folders holding images "
+                         f"(e.g. glioma/ meningioma/ notumor/ pituitary/, or yes/ no/); found {[d.name for d in folders]}")
+    classes = sorted(by_class)
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        for p in sorted(by_class[c]):
+            paths.append(p)
+            labels.append(i)
+    return ImageFolder(paths, labels, classes)
+
+
+def find_splits(root: PathLike) -> dict[str, ImageFolder]:
+    """Read a dataset root: Kaggle style (``Training/``, ``Testing/``) or a plain root of class folders.
+
+    Returns ``{"train": ..., "test": ...}`` for the first, ``{"train": ...}`` for the second.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    splits = {}
+    for split, names in _SPLIT_NAMES.items():
+        for n in names:
+            if n in subdirs:
+                splits[split] = read_class_folders(subdirs[n])
+                break
+    if splits:
+        if "train" not in splits:
+            raise ValueError(f"{root} has {sorted(splits)} split folders but no Training/ folder")
+        return splits
+    return {"train": read_class_folders(root)}
+
+
+# --------------------------------------------------------------------------------- near-duplicates and splits
+
+def thumbnail(gray: np.ndarray, size: int = 32) -> np.ndarray:
+    """Small float thumbnail used to find near-duplicate slices."""
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+
+
+def near_duplicate_groups(thumbs: np.ndarray, threshold: float = 0.95, chunk: int = 2048) -> np.ndarray:
+    """Group ids: connected components of the graph 'thumbnail correlation >= threshold'."""
+    x = np.asarray(thumbs, dtype=np.float32)
+    x = x - x.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.maximum(norms, 1e-6)
+    n = len(x)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, n, chunk):
+        sims = x[start:start + chunk] @ x.T
+        rows, cols = np.nonzero(sims >= threshold)
+        for r, c in zip(rows + start, cols):
+            if c > r:
+                a, b = find(r), find(c)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    roots = np.array([find(i) for i in range(n)])
+    _, ids = np.unique(roots, return_inverse=True)
+    return ids
+
+
+def grouped_split(groups: Sequence[int], labels: Sequence[int], val_fraction: float, seed: int) -> np.ndarray:
+    """Boolean 'is validation' per image; whole groups go to one side, roughly stratified by label."""
+    groups, labels = np.asarray(groups), np.asarray(labels)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(groups), dtype=bool)
+    unique = np.unique(groups)
+    # a group's label: its most common one
+    group_label = {g: Counter(labels[groups == g]).most_common(1)[0][0] for g in unique}
+    for c in np.unique(labels):
+        members = [g for g in unique if group_label[g] == c]
+        rng.shuffle(members)
+        target = val_fraction * int((labels == c).sum())
+        taken = 0
+        for g in members:
+            if taken >= target:
+                break
+            size = int((groups == g).sum())
+            if taken + size > 1.5 * target and taken > 0:
+                continue
+            is_val[groups == g] = True
+            taken += size
+    if is_val.all() or not is_val.any():
+        raise ValueError("could not make a grouped validation split: too few groups")
+    return is_val
+
+
+# ----------------------------------------------------------------------------------------- batch loading
+
+def load_prepared(paths: Sequence[PathLike], size: int, progress: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, list[Optional[str]]]:
+    """Decode each file once: (N x size x size uint8 prepared slices, N x 1024 thumbnails, errors per file)."""
+    from tqdm import tqdm
+
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    thumbs = np.zeros((len(paths), 1024), dtype=np.float32)
+    errors: list[Optional[str]] = [None] * len(paths)
+    for i, p in enumerate(tqdm(paths, desc="decoding", unit="img", disable=not progress, leave=False)):
+        try:
+            gray = read_image(p)
+        except ImageReadError as e:
+            errors[i] = str(e)
+            continue
+        images[i], _ = prepare(gray, size)
+        thumbs[i] = thumbnail(gray)
+    return images, thumbs, errors
+
+
+# ------------------------------------------------------------------------------------------- inspection CLI
+
+def describe(root: PathLike, dup_threshold: float = 0.95) -> str:
+    """A text report: counts, sizes and colour modes per class, shortcut flags, near-duplicate groups."""
+    splits = find_splits(root)
+    lines = [f"dataset: {root}"]
+    all_thumbs, all_split = [], []
+    for split, folder in splits.items():
+        lines.append(f"\n[{split}] {len(folder)} images, classes: {', '.join(folder.classes)}")
+        sizes_by_class: dict[str, list[tuple[int, int]]] = {}
+        modes_by_class: dict[str, Counter] = {}
+        bad = 0
+        for p, y in zip(folder.paths, folder.labels):
+            c = folder.classes[y]
+            try:
+                with Image.open(p) as im:
+                    sizes_by_class.setdefault(c, []).append(im.size)
+                    modes_by_class.setdefault(c, Counter())[im.mode] += 1
+                gray = read_image(p)
+                all_thumbs.append(thumbnail(gray))
+                all_split.append(split)
+            except Exception:
+                try:
+                    gray = read_image(p)
+                    sizes_by_class.setdefault(c, []).append(gray.shape[::-1])
+                    modes_by_class.setdefault(c, Counter())["DICOM"] += 1
+                    all_thumbs.append(thumbnail(gray))
+                    all_split.append(split)
+                except ImageReadError:
+                    bad += 1
+        lines.append(f"  {'class':<14}{'n':>6}  {'median size':>12}  {'size range':>22}  modes")
+        medians = {}
+        for c in folder.classes:
+            sizes = np.array(sizes_by_class.get(c, [(0, 0)]))
+            area = sizes[:, 0] * sizes[:, 1]
+            medians[c] = float(np.median(area))
+            med = sizes[np.argsort(area)[len(area) // 2]]
+            lo, hi = sizes[area.argmin()], sizes[area.argmax()]
+            modes = ", ".join(f"{m}:{k}" for m, k in modes_by_class.get(c, Counter()).most_common())
+            n = folder.labels.count(folder.classes.index(c))
+            lines.append(f"  {c:<14}{n:>6}  {med[0]:>5}x{med[1]:<6}  {lo[0]}x{lo[1]} .. {hi[0]}x{hi[1]:<8}  {modes}")
+        if bad:
+            lines.append(f"  unreadable files: {bad}")
+        vals = [v for v in medians.values() if v > 0]
+        if vals and max(vals) > 1.5 * min(vals):
+            lines.append("  WARNING: median image size differs between classes by more than 1.5x -- a shortcut a "
+                         "network can learn instead of the anatomy (we crop to the head and resize to remove it)")
+        mode_sets = {c: set(m for m, _ in modes_by_class.get(c, Counter()).most_common(1)) for c in folder.classes}
+        if len(set(map(frozenset, mode_sets.values()))) > 1:
+            lines.append("  WARNING: the dominant colour mode differs between classes -- another shortcut "
+                         "(we convert everything to grayscale)")
+    if all_thumbs:
+        groups = near_duplicate_groups(np.stack(all_thumbs), dup_threshold)
+        sizes = Counter(groups)
+        dup_images = sum(k for k in sizes.values() if k > 1)
+        lines.append(f"\nnear-duplicates (32x32 thumbnail correlation >= {dup_threshold}): "
+                     f"{sum(1 for k in sizes.values() if k > 1)} groups holding {dup_images} of {len(groups)} images; "
+                     f"largest group {max(sizes.values())}")
+        if len(splits) > 1:
+            split_arr = np.array(all_split)
+            for split in splits:
+                if split == "train":
+                    continue
+                train_groups = set(groups[split_arr == "train"])
+                mine = groups[split_arr == split]
+                shared = sum(g in train_groups for g in mine)
+                lines.append(f"  {split}: {shared} of {len(mine)} images have a near-duplicate in train "
+                             f"({len(mine) - shared} are clean)")
+        lines.append("  split by these groups (train.py does) so that no near-duplicate straddles train and validation")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.data", description=__doc__.split("\n")[0])
+    parser.add_argument("data", help="dataset root: class folders, or Training/ and Testing/")
+    parser.add_argument("--dup-threshold", type=float, default=0.95)
+    parser.add_argument("--show-augmentations", metavar="FILE", help="save a grid of FILE and its training augmentations")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--out", default="augmentations.png", help="where --show-augmentations writes its grid")
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        if args.show_augmentations:
+            from .augment import save_augmentation_grid
+            save_augmentation_grid(args.show_augmentations, args.out, args.img_size)
+            print(f"wrote {args.out}")
+            return 0
+        print(describe(args.data, args.dup_threshold))
+    except (ValueError, ImageReadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

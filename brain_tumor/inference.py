@@ -1,0 +1,161 @@
+"""Predictor: the model loaded once, and predictions with heat maps for slices, batches and files.
+
+The CLI (predict.py, evaluate.py) and the app all go through ``Predictor``, so they share one
+preprocessing path (data.prepare) and one heat-map path (explain.OnePass). Model work is serialised
+by a lock: heat-map hooks live on the shared network, so two requests must never interleave there.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tensor, uncrop
+from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, upsample
+from .model import TumorClassifier, load_model
+
+NEEDS_REVIEW = "uncertain — needs review"
+
+
+@dataclass
+class Prediction:
+    """One slice's answer. ``heatmap`` lies on ``image`` (the prepared square the model saw)."""
+
+    label: str
+    probabilities: dict[str, float]
+    tumor_probability: float
+    confidence: float
+    needs_review: bool
+    image: np.ndarray  # S x S uint8, the model's view
+    crop: Crop  # where ``image`` came from in the original
+    heatmap: Optional[np.ndarray] = None  # S x S float32 in [0, 1]
+    heatmap_class: Optional[str] = None
+    method: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """The label in words, or 'uncertain — needs review' below the model's confidence threshold."""
+        return f"{NEEDS_REVIEW} (leans {self.label})" if self.needs_review else self.label
+
+    def heatmap_on_original(self) -> np.ndarray:
+        """The heat map on the input's own H x W grid (zero outside the head crop)."""
+        if self.heatmap is None:
+            raise ValueError("this prediction was made without a heat map")
+        return uncrop(self.heatmap, self.crop)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"label": self.label, "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+               "tumor_probability": round(self.tumor_probability, 6), "confidence": round(self.confidence, 6),
+               "needs_review": self.needs_review}
+        out.update(self.extra)
+        return out
+
+
+class Predictor:
+    """A loaded model plus everything needed to answer for a slice.
+
+    >>> p = Predictor()                                   # bundled model
+    >>> [pred] = p.predict_files(["examples/glioma_1.jpg"], heatmaps=True)
+    >>> pred.label, pred.tumor_probability, pred.heatmap.shape
+    """
+
+    def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = model if isinstance(model, TumorClassifier) else load_model(model)
+        self.model.eval().requires_grad_(False)
+        self.model = self.model.to(memory_format=torch.channels_last)
+        self.config = self.model.config
+        self.classes = list(self.config.class_names)
+        self._no_tumor = self.config.no_tumor_indices
+        self.lock = threading.RLock()
+
+    @property
+    def source(self) -> str:
+        return getattr(self.model, "source", "in-memory model")
+
+    def prepare(self, gray: np.ndarray) -> tuple[np.ndarray, Crop]:
+        return prepare(gray, self.config.img_size)
+
+    def view(self, gray: np.ndarray, crop: Crop, size: int = 512) -> np.ndarray:
+        """The model's view of the slice at display resolution (same crop, larger)."""
+        return apply_crop(gray, crop, size)
+
+    def _answer(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        probs = torch.softmax(logits.float() / self.config.temperature, 1).numpy()
+        return probs, probs.argmax(1)
+
+    def predict(self, grays: Sequence[np.ndarray], heatmaps: bool = False, method: str = "gradcam",
+                target: Optional[Union[str, int]] = None, batch_size: int = 32) -> list[Prediction]:
+        """Predict a list of H x W uint8 slices; with ``heatmaps``, also the map of ``target`` (default: the
+        predicted class) by ``method``. Grad-CAM/Grad-CAM++ come from the prediction's own forward pass."""
+        method = check_method(method)
+        target_index = self._class_index(target) if target is not None else None
+        prepared = [self.prepare(g) for g in grays]
+        out: list[Prediction] = []
+        for start in range(0, len(prepared), batch_size):
+            chunk = prepared[start:start + batch_size]
+            x = to_tensor(np.stack([p[0] for p in chunk]), self.config.mean, self.config.std)
+            maps = None
+            with self.lock:
+                if heatmaps and method in FAST_METHODS:
+                    run = OnePass(self.model, self.config.cam_layer)
+                    logits = run(x)
+                    probs, pred = self._answer(logits)
+                    classes = pred if target_index is None else np.full(len(pred), target_index)
+                    maps = upsample(run.cams(classes, method), self.config.img_size)
+                    del run
+                else:
+                    with torch.inference_mode():
+                        logits = self.model(x)
+                    probs, pred = self._answer(logits)
+                    if heatmaps:
+                        classes = pred if target_index is None else np.full(len(pred), target_index)
+                        maps = compute_with_library(self.model, x, classes, method, self.config.cam_layer)
+            for i, (img, crop) in enumerate(chunk):
+                out.append(self._prediction(probs[i], img, crop, None if maps is None else maps[i],
+                                            method if heatmaps else None,
+                                            target_index if target_index is not None else int(pred[i])))
+        return out
+
+    def _prediction(self, probs: np.ndarray, img: np.ndarray, crop: Crop, heat: Optional[np.ndarray],
+                    method: Optional[str], heat_class: int) -> Prediction:
+        k = int(probs.argmax())
+        confidence = float(probs[k])
+        p_tumor = float(1.0 - probs[self._no_tumor].sum()) if self._no_tumor else 1.0
+        return Prediction(
+            label=self.classes[k], probabilities={c: float(p) for c, p in zip(self.classes, probs)},
+            tumor_probability=min(max(p_tumor, 0.0), 1.0), confidence=confidence,
+            needs_review=confidence < self.config.abstain_below, image=img, crop=crop,
+            heatmap=heat, heatmap_class=self.classes[heat_class] if heat is not None else None, method=method)
+
+    def _class_index(self, target: Union[str, int]) -> int:
+        if isinstance(target, (int, np.integer)):
+            if not 0 <= int(target) < len(self.classes):
+                raise ValueError(f"class index {target} out of range; classes: {self.classes}")
+            return int(target)
+        if target not in self.classes:
+            raise ValueError(f"unknown class {target!r}; choose one of {self.classes}")
+        return self.classes.index(target)
+
+    def predict_files(self, paths: Sequence[Union[str, os.PathLike]], heatmaps: bool = False,
+                      method: str = "gradcam", batch_size: int = 32
+                      ) -> list[Union[Prediction, ImageReadError]]:
+        """Read and predict files in batches; an unreadable file yields its ImageReadError in its place."""
+        results: list[Union[Prediction, ImageReadError, None]] = [None] * len(paths)
+        for start in range(0, len(paths), batch_size):
+            grays, where = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    grays.append(read_image(paths[i]))
+                    where.append(i)
+                except ImageReadError as e:
+                    results[i] = e
+            for i, pred in zip(where, self.predict(grays, heatmaps=heatmaps, method=method, batch_size=batch_size)):
+                results[i] = pred
+        return results  # type: ignore[return-value]

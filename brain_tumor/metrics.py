@@ -1,0 +1,143 @@
+"""Classification and calibration figures, computed with numpy from labels and probabilities."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
+    """Rows: true class, columns: predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)), 1)
+    return cm
+
+
+def per_class_scores(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    out = {}
+    for i, name in enumerate(class_names):
+        tp = cm[i, i]
+        pred, true = cm[:, i].sum(), cm[i].sum()
+        p = tp / pred if pred else 0.0
+        r = tp / true if true else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        out[name] = {"precision": float(p), "recall": float(r), "f1": float(f1), "support": int(true)}
+    return out
+
+
+def auroc(y_true: Sequence[int], score: Sequence[float]) -> float:
+    """Area under the ROC curve (Mann-Whitney with tie correction); NaN when only one class is present."""
+    y, s = np.asarray(y_true, dtype=int), np.asarray(score, dtype=np.float64)
+    pos, neg = (y == 1).sum(), (y == 0).sum()
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def roc_curve(y_true: Sequence[int], score: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates over all thresholds."""
+    y, s = np.asarray(y_true, dtype=int), np.asarray(score, dtype=np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    y = y[order]
+    tps = np.concatenate([[0], np.cumsum(y)])
+    fps = np.concatenate([[0], np.cumsum(1 - y)])
+    return fps / max(fps[-1], 1), tps / max(tps[-1], 1)
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) -> float:
+    """ECE: bin by confidence (equal width), average |accuracy - confidence| weighted by bin size."""
+    conf, corr = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    if len(conf) == 0:
+        return float("nan")
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(corr[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def reliability(confidence: Sequence[float], correct: Sequence[bool], bins: int = 15) -> dict[str, list[float]]:
+    """Per-bin mean confidence, accuracy and count, for the reliability diagram."""
+    conf, corr = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    out = {"confidence": [], "accuracy": [], "count": []}
+    for b in range(bins):
+        m = idx == b
+        out["confidence"].append(float(conf[m].mean()) if m.any() else float((edges[b] + edges[b + 1]) / 2))
+        out["accuracy"].append(float(corr[m].mean()) if m.any() else float("nan"))
+        out["count"].append(int(m.sum()))
+    return out
+
+
+def risk_coverage(confidence: Sequence[float], correct: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    """Error rate among the k most confident predictions, for every k: (coverage, risk)."""
+    conf, corr = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
+    order = np.argsort(-conf, kind="mergesort")
+    errors = np.cumsum(1 - corr[order])
+    k = np.arange(1, len(conf) + 1)
+    return k / len(conf), errors / k
+
+
+def error_at_coverage(confidence: Sequence[float], correct: Sequence[bool], coverage: float = 0.9) -> float:
+    """Error rate on the fraction ``coverage`` of images the model is most sure of."""
+    cov, risk = risk_coverage(confidence, correct)
+    if len(cov) == 0:
+        return float("nan")
+    k = max(1, int(np.ceil(coverage * len(cov))))
+    return float(risk[k - 1])
+
+
+def classification_report(y_true: Sequence[int], probs: np.ndarray, class_names: Sequence[str],
+                          no_tumor: Sequence[int]) -> dict[str, Any]:
+    """All figures for a labelled set: accuracy, per-class scores, confusion, tumour sensitivity/specificity,
+    AUROC of the tumour probability, ECE, error at 90% coverage."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(y_true, dtype=int)
+    pred = probs.argmax(1)
+    cm = confusion_matrix(y, pred, len(class_names))
+    conf = probs.max(1)
+    correct = pred == y
+    report: dict[str, Any] = {
+        "n": int(len(y)),
+        "accuracy": float(correct.mean()) if len(y) else float("nan"),
+        "per_class": per_class_scores(cm, class_names),
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "ece": expected_calibration_error(conf, correct),
+        "error_at_90_coverage": error_at_coverage(conf, correct, 0.9),
+    }
+    report.update(tumor_scores(np.isin(y, no_tumor, invert=True), tumor_probability(probs, no_tumor)))
+    return report
+
+
+def tumor_probability(probs: np.ndarray, no_tumor: Sequence[int]) -> np.ndarray:
+    """P(any tumour) = 1 - P(no-tumour classes)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return 1.0 - probs[:, list(no_tumor)].sum(1) if len(no_tumor) else np.ones(len(probs))
+
+
+def tumor_scores(is_tumor: Sequence[bool], p_tumor: Sequence[float]) -> dict[str, float]:
+    """Tumour vs no tumour at p >= 0.5: sensitivity, specificity, accuracy; AUROC of the probability."""
+    t = np.asarray(is_tumor, dtype=bool)
+    p = np.asarray(p_tumor, dtype=np.float64)
+    called = p >= 0.5
+    sens = float((called & t).sum() / t.sum()) if t.any() else float("nan")
+    spec = float((~called & ~t).sum() / (~t).sum()) if (~t).any() else float("nan")
+    return {"tumor_sensitivity": sens, "tumor_specificity": spec,
+            "tumor_accuracy": float((called == t).mean()) if len(t) else float("nan"),
+            "tumor_auroc": auroc(t.astype(int), p)}

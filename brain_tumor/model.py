@@ -1,0 +1,249 @@
+"""The network (torchvision ResNet18 with a new head) and its self-describing checkpoint.
+
+A model folder, in Hugging Face layout, holds ``model.safetensors`` and ``config.json``; the config
+carries everything needed to use the weights (class names, input size, normalisation, preprocessing,
+calibration temperature, Grad-CAM layer, published metrics), so serving cannot drift from training.
+
+    >>> from brain_tumor import create_model, load_model
+    >>> net = create_model(["glioma", "meningioma", "notumor", "pituitary"], init="scratch")
+    >>> net = load_model()                      # the bundled model
+    >>> net = load_model("user/brain-tumor@v1")  # a Hub repo at a revision (honours HF_HUB_OFFLINE)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torchvision.models import resnet18
+
+from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, canonical_class
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "model"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+_UNSAFE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded, with the reason and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """What travels with the weights in config.json."""
+
+    class_names: list[str]
+    img_size: int = 224
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    architecture: str = "resnet18"
+    dropout: float = 0.2
+    temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
+    cam_layer: str = "layer4"  # Grad-CAM target layer
+    cam_img_size: int = 0  # input size for heat maps; 0 = img_size
+    preprocessing: dict[str, Any] = field(default_factory=lambda: {
+        "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
+        "crop": "square around the head mask (Otsu, largest component), 4% margin, zero padding",
+        "resize": "area (down) / bilinear (up) to img_size",
+        "channels": "grayscale repeated on 3 channels, normalised by mean/std",
+    })
+    abstain_below: float = 0.0  # calibrated confidence below which the answer is 'uncertain - needs review'
+    metrics: dict[str, Any] = field(default_factory=dict)  # published figures (grouped validation split)
+    training: dict[str, Any] = field(default_factory=dict)  # how it was trained (command, time, hardware)
+    version: str = "0"
+
+    @property
+    def no_tumor_indices(self) -> list[int]:
+        return [i for i, c in enumerate(self.class_names) if c in NO_TUMOR_NAMES or canonical_class(c) == "notumor"]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["num_classes"] = len(self.class_names)
+        d["input_size"] = [3, self.img_size, self.img_size]
+        d["id2label"] = {str(i): c for i, c in enumerate(self.class_names)}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        if "class_names" not in d:
+            raise ModelLoadError("config.json has no class_names: not a brain_tumor model folder")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class TumorClassifier(nn.Module):
+    """ResNet18 backbone + dropout + linear head. ``config`` describes classes and preprocessing."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.architecture != "resnet18":
+            raise ModelLoadError(f"unknown architecture {config.architecture!r}; this package provides 'resnet18'")
+        if len(config.class_names) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        self.config = config
+        self.net = resnet18(weights=None)
+        self.net.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(512, len(config.class_names)))
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.config.class_names)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def backbone_parameters(self):
+        return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]
+
+    def head_parameters(self):
+        return list(self.net.fc.parameters())
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as e:
+        raise ModelLoadError(
+            f"ImageNet weights for ResNet18 could not be loaded ({type(e).__name__}: {str(e)[:120]}).\n"
+            f"  Download {weights.url}\n  and place it at {cache}\n"
+            "  (or run once with a network), or train from scratch with --init scratch.") from None
+
+
+def create_model(class_names: Sequence[str], init: str = "scratch", img_size: int = 224,
+                 dropout: float = 0.2) -> TumorClassifier:
+    """Build the classifier. ``init``: 'scratch', 'imagenet' (torchvision's IMAGENET1K_V1, from its cache or
+    the network), or a path to a .safetensors file / model folder whose backbone weights are reused.
+
+    >>> net = create_model(["no", "yes"], init="scratch", img_size=128)
+    """
+    config = ModelConfig(class_names=[str(c) for c in class_names], img_size=img_size, dropout=dropout)
+    model = TumorClassifier(config)
+    if init == "scratch":
+        return model
+    if init == "imagenet":
+        state = {k: v for k, v in _imagenet_state_dict().items() if not k.startswith("fc.")}
+    else:
+        path = Path(init)
+        if path.is_dir():
+            path = path / WEIGHTS_NAME
+        if not path.exists():
+            raise ValueError(f"--init must be 'imagenet', 'scratch' or a .safetensors file / model folder; "
+                             f"{init!r} is none of these")
+        state = {k.removeprefix("net."): v for k, v in _read_safetensors(path).items()}
+        if any(k.startswith("conv1") for k in state):  # plain torchvision resnet18 keys
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        else:
+            raise ModelLoadError(f"{path} does not hold ResNet18 weights")
+    missing, unexpected = model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    backbone_missing = [k for k in missing if not k.startswith("fc.")]
+    if backbone_missing or unexpected:
+        raise ModelLoadError(f"initial weights do not match ResNet18: missing {backbone_missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return model
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    suffix = path.suffix.lower()
+    if suffix in _UNSAFE_SUFFIXES:
+        raise ModelLoadError(f"refusing to load {path.name}: pickle-based checkpoints can run arbitrary code. "
+                             "Convert it to safetensors (safetensors.torch.save_file) first.")
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{path.name} is not a valid safetensors file ({str(e)[:120]})") from None
+
+
+def save_model(model: TumorClassifier, folder: Union[str, os.PathLike], fp16: bool = True) -> Path:
+    """Write model.safetensors (fp16 by default: half the size, same predictions) and config.json."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if fp16 else torch.float32
+    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in model.net.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "architecture": model.config.architecture})
+    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    return folder
+
+
+def resolve_source(source: Optional[str] = None, revision: Optional[str] = None) -> tuple[Path, str]:
+    """Turn a model source into a local folder. Returns (folder, description with revision).
+
+    ``source``: None (the ``BRAIN_TUMOR_MODEL`` env var, else the bundled model), a local folder, a
+    ``.safetensors`` file with config.json beside it, or a Hub repo id ``user/name`` (``@revision`` optional).
+    """
+    source = source or os.environ.get("BRAIN_TUMOR_MODEL") or str(BUNDLED_MODEL)
+    path = Path(source).expanduser()
+    if path.suffix.lower() in _UNSAFE_SUFFIXES:
+        raise ModelLoadError(f"refusing to load {path.name}: pickle-based checkpoints can run arbitrary code; "
+                             "this tool loads safetensors model folders only")
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+        if path.is_file() and path.suffix.lower() != ".safetensors":
+            raise ModelLoadError(f"{path.name} is not a model: give a model folder or a .safetensors file")
+        return folder, str(folder)
+    if _HUB_ID.match(source) and not source.startswith((".", "/")):
+        repo_id, _, rev = source.partition("@")
+        return _download(repo_id, revision or rev or None)
+    raise ModelLoadError(f"model not found: {source!r} is neither a local folder nor a Hub repo id (user/name[@revision])")
+
+
+def _download(repo_id: str, revision: Optional[str]) -> tuple[Path, str]:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, revision=revision, allow_patterns=["*.json", "*.safetensors", "*.md"])
+    except LocalEntryNotFoundError:
+        raise ModelLoadError(f"{repo_id} is not in the local Hugging Face cache and the Hub cannot be reached "
+                             "(offline, or HF_HUB_OFFLINE=1). Connect once, or give a local model folder.") from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(f"Hub repo {repo_id} not found (or private: log in with `hf auth login`)") from None
+    except HfHubHTTPError as e:
+        raise ModelLoadError(f"could not download {repo_id}: {str(e)[:160]}") from None
+    except Exception as e:
+        raise ModelLoadError(f"could not download {repo_id}: {type(e).__name__}: {str(e)[:160]}") from None
+    commit = Path(folder).name
+    return Path(folder), f"{repo_id}@{revision or 'main'} ({commit[:10]})"
+
+
+def load_model(source: Optional[str] = None, revision: Optional[str] = None) -> TumorClassifier:
+    """Load a model folder (local or Hub) into an eval-mode TumorClassifier on the CPU.
+
+    Safetensors only; a clear ModelLoadError for a missing folder, missing files, or weights that do not
+    match the config. ``model.source`` says where it came from (with the Hub revision).
+    """
+    folder, description = resolve_source(source, revision)
+    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not weights_path.exists():
+        unsafe = [p.name for p in folder.glob("*") if p.suffix.lower() in _UNSAFE_SUFFIXES]
+        hint = f" (found {unsafe}: pickle checkpoints are refused; convert to safetensors)" if unsafe else ""
+        raise ModelLoadError(f"no {WEIGHTS_NAME} in {folder}{hint}")
+    if not config_path.exists():
+        raise ModelLoadError(f"no {CONFIG_NAME} in {folder}: the checkpoint must describe itself")
+    try:
+        config = ModelConfig.from_dict(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ModelLoadError(f"{config_path} is not a valid model config: {e}") from None
+    model = TumorClassifier(config)
+    state = _read_safetensors(weights_path)
+    try:
+        model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ModelLoadError(f"weights in {folder} do not match its config ({len(config.class_names)} classes "
+                             f"{config.class_names}): {str(e).splitlines()[0][:200]}") from None
+    model.source = description
+    return model.eval()
