@@ -16,10 +16,13 @@ CLASSES = ["glioma", "meningioma", "notumor", "pituitary"]
 def synthetic_slice(seed: int, size: int = 96, tumor: bool = True) -> np.ndarray:
     """A dark background, an elliptic 'head' with texture, and (optionally) a bright blob."""
     rng = np.random.default_rng(seed)
-    img = np.zeros((size, size), np.uint8)
-    c = size // 2
-    cv2.ellipse(img, (c, c), (int(size * 0.38), int(size * 0.44)), 0, 0, 360, 110, -1)
-    img = np.clip(img.astype(int) + rng.integers(-15, 15, img.shape) * (img > 0), 0, 255).astype(np.uint8)
+    head = np.zeros((size, size), np.uint8)
+    c = size // 2 + int(rng.integers(-size // 12, size // 12 + 1))
+    axes = (int(size * rng.uniform(0.3, 0.4)), int(size * rng.uniform(0.36, 0.45)))
+    cv2.ellipse(head, (c, size // 2), axes, float(rng.uniform(-20, 20)), 0, 360, 1, -1)
+    texture = cv2.GaussianBlur(rng.uniform(40, 160, (size, size)).astype(np.float32), (0, 0), size / 16)
+    texture = (texture - texture.mean()) * 4 + 110
+    img = np.clip(texture, 30, 200).astype(np.uint8) * head
     if tumor:
         x, y = rng.integers(int(size * 0.35), int(size * 0.65), 2)
         cv2.circle(img, (int(x), int(y)), max(3, size // 10), 230, -1)

@@ -1,0 +1,278 @@
+"""Command line: score a model on a labelled folder; figures as a table, JSON and plots.
+
+    python -m brain_tumor.evaluate --data DIR [--model SOURCE] [--json FILE] [--report DIR]
+
+DIR holds class folders. If they name the model's classes (aliases such as ``no``, ``no_tumor``,
+``glioma_tumor`` accepted) every class is scored; if they are ``yes``/``no``, tumour vs no tumour is
+scored (any tumour class predicted counts as yes). Where a YOLO box file ``NAME.txt`` (``class xc yc w h``,
+fractions of the image) stands beside an image, its heat map is scored against the box (pointing game,
+share of heat inside the box); on every image, the share of heat inside the head is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+from .data import ImageFolder, ImageReadError, head_mask, read_class_folders, read_image
+from .inference import Predictor
+from .metrics import (classification_report, expected_calibration_error, reliability, risk_coverage, roc_curve,
+                      tumor_scores)
+from .model import ModelLoadError
+
+
+def read_yolo_box(path: Path) -> Optional[tuple[float, float, float, float]]:
+    """(x_center, y_center, width, height) as fractions, from a YOLO line ``class xc yc w h``; None if absent/bad."""
+    try:
+        parts = path.read_text().split()
+        xc, yc, w, h = (float(v) for v in parts[1:5])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (xc, yc, w, h) if w > 0 and h > 0 else None
+
+
+def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    h, w = shape
+    xc, yc, bw, bh = box
+    x0, x1 = int(np.floor((xc - bw / 2) * w)), int(np.ceil((xc + bw / 2) * w))
+    y0, y1 = int(np.floor((yc - bh / 2) * h)), int(np.ceil((yc + bh / 2) * h))
+    mask = np.zeros(shape, dtype=bool)
+    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return mask
+
+
+def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game: does the heat map's peak fall inside the mask?"""
+    return bool(mask.flat[int(np.argmax(heat))])
+
+
+def heat_share(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the heat map's mass inside the mask (0 for an empty map)."""
+    total = float(heat.sum())
+    return float(heat[mask].sum() / total) if total > 0 else 0.0
+
+
+def match_classes(folder: ImageFolder, model_classes: Sequence[str]) -> tuple[str, dict[int, int]]:
+    """How to score a labelled folder against a model: ('multiclass', folder->model label map) or ('binary', ...)."""
+    classes = set(folder.classes)
+    if classes <= set(model_classes):
+        return "multiclass", {i: model_classes.index(c) for i, c in enumerate(folder.classes)}
+    if classes <= {"tumor", "notumor"}:
+        return "binary", {i: int(c == "tumor") for i, c in enumerate(folder.classes)}
+    raise ValueError(f"class folders {folder.classes} match neither the model's classes {list(model_classes)} "
+                     "nor yes/no (tumor/notumor)")
+
+
+def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size: int = 32,
+             keep_examples: int = 12) -> dict[str, Any]:
+    """Predict every image under ``data`` and compute all figures (see the module docstring)."""
+    folder = read_class_folders(data)
+    mode, to_model = match_classes(folder, predictor.classes)
+    started = time.time()
+    results = predictor.predict_files(folder.paths, heatmaps=heatmaps, batch_size=batch_size)
+    seconds = time.time() - started
+    ok = [i for i, r in enumerate(results) if not isinstance(r, ImageReadError)]
+    errors = [{"path": str(folder.paths[i]), "error": str(results[i])} for i in range(len(results)) if i not in set(ok)]
+    if not ok:
+        raise ValueError(f"no readable images under {data}")
+    probs = np.array([[results[i].probabilities[c] for c in predictor.classes] for i in ok])
+    y = np.array([to_model[folder.labels[i]] for i in ok])
+    no_tumor = predictor.config.no_tumor_indices
+    # calibrated probabilities p = softmax(z / T); softmax(T log p) recovers the uncalibrated softmax(z)
+    logp = np.log(np.clip(probs, 1e-12, 1)) * predictor.config.temperature
+    raw = np.exp(logp - logp.max(1, keepdims=True))
+    raw /= raw.sum(1, keepdims=True)
+    if mode == "multiclass":
+        figures = classification_report(y, probs, predictor.classes, no_tumor)
+        correct = probs.argmax(1) == y  # temperature never changes the argmax
+        raw_confidence = raw.max(1)
+        figures["ece_uncalibrated"] = expected_calibration_error(raw_confidence, correct)
+    else:
+        p_tumor = 1 - probs[:, no_tumor].sum(1)
+        called = p_tumor >= 0.5
+        correct = called == (y == 1)
+        figures = {"n": len(y), "accuracy": float(correct.mean()), "mode": "tumour vs no tumour (yes/no folders)"}
+        figures.update(tumor_scores(y == 1, p_tumor))
+        conf = np.maximum(p_tumor, 1 - p_tumor)
+        raw_t = 1 - raw[:, no_tumor].sum(1)
+        raw_confidence = np.maximum(raw_t, 1 - raw_t)
+        figures["ece"] = expected_calibration_error(conf, correct)
+        figures["ece_uncalibrated"] = expected_calibration_error(raw_confidence, (raw_t >= 0.5) == (y == 1))
+        cm = np.zeros((2, 2), int)
+        np.add.at(cm, (y, called.astype(int)), 1)
+        figures["confusion_matrix"], figures["class_names"] = cm.tolist(), ["notumor", "tumor"]
+    figures["mode"] = mode
+    confidence = probs.max(1) if mode == "multiclass" else np.maximum(1 - probs[:, no_tumor].sum(1),
+                                                                      probs[:, no_tumor].sum(1))
+    cov, risk = risk_coverage(confidence, correct)
+    figures["error_at_90_coverage"] = float(risk[max(0, int(np.ceil(0.9 * len(risk))) - 1)])
+    figures["images_per_second"] = len(results) / seconds if seconds > 0 else None
+    figures["unreadable"] = errors
+    figures["needs_review_rate"] = float(np.mean([results[i].needs_review for i in ok]))
+    if heatmaps:
+        figures.update(_heatmap_figures(predictor, folder, results, ok))
+    details = {"paths": [str(folder.paths[i]) for i in ok], "y": y, "probs": probs, "raw": raw, "mode": mode,
+               "confidence": confidence, "raw_confidence": raw_confidence, "correct": correct, "coverage": cov, "risk": risk,
+               "results": [results[i] for i in ok]}
+    return {"figures": figures, "details": details}
+
+
+def _heatmap_figures(predictor: Predictor, folder: ImageFolder, results, ok: list[int]) -> dict[str, Any]:
+    hits, in_box, in_head = [], [], []
+    for i in ok:
+        path = folder.paths[i]
+        heat = results[i].heatmap_on_original()
+        gray = read_image(path)
+        in_head.append(heat_share(heat, head_mask(gray)))
+        box = read_yolo_box(path.with_suffix(".txt"))
+        if box is not None:
+            mask = box_mask(heat.shape, box)
+            hits.append(pointing_hit(heat, mask))
+            in_box.append(heat_share(heat, mask))
+    out: dict[str, Any] = {"heatmap_method": "gradcam", "heatmap_layer": predictor.config.cam_layer,
+                           "heat_in_head": float(np.mean(in_head)) if in_head else None}
+    if hits:
+        out.update({"pointing_game": float(np.mean(hits)), "heat_in_box": float(np.mean(in_box)), "n_boxes": len(hits)})
+    return out
+
+
+def format_figures(f: dict[str, Any]) -> str:
+    def fmt(v):
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [f"images: {f['n']}   mode: {f['mode']}   unreadable: {len(f['unreadable'])}",
+             f"accuracy {fmt(f['accuracy'])}   tumour sensitivity {fmt(f['tumor_sensitivity'])}   "
+             f"specificity {fmt(f['tumor_specificity'])}   AUROC {fmt(f['tumor_auroc'])}",
+             f"ECE {fmt(f['ece'])} (uncalibrated {fmt(f['ece_uncalibrated'])})   "
+             f"error on the 90% most confident {fmt(f['error_at_90_coverage'])}"]
+    if "per_class" in f:
+        lines.append(f"\n{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'n':>7}")
+        for c, s in f["per_class"].items():
+            lines.append(f"{c:<14}{s['precision']:>10.4f}{s['recall']:>10.4f}{s['f1']:>10.4f}{s['support']:>7}")
+    names = f["class_names"]
+    lines.append("\nconfusion (rows: truth, columns: predicted)")
+    lines.append(" " * 14 + "".join(f"{c[:10]:>11}" for c in names))
+    for c, row in zip(names, f["confusion_matrix"]):
+        lines.append(f"{c[:13]:<14}" + "".join(f"{v:>11}" for v in row))
+    if f.get("heat_in_head") is not None:
+        lines.append(f"\nheat maps ({f['heatmap_method']} at {f['heatmap_layer']}): heat inside the head "
+                     f"{fmt(f['heat_in_head'])}" + (f"; on {f['n_boxes']} boxes: pointing game "
+                                                  f"{fmt(f['pointing_game'])}, heat inside the box {fmt(f['heat_in_box'])}"
+                                                  if "pointing_game" in f else ""))
+    return "\n".join(lines)
+
+
+def write_report(result: dict[str, Any], out: Path, predictor: Predictor, worst: int = 12) -> list[Path]:
+    """Confusion matrix, ROC, reliability diagram, confidence histogram, risk-coverage, worst mistakes."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .explain import overlay
+
+    f, d = result["figures"], result["details"]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(out / name)
+
+    cm = np.array(f["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(f["class_names"])), f["class_names"], rotation=30)
+    ax.set_yticks(range(len(f["class_names"])), f["class_names"])
+    for (r, c), v in np.ndenumerate(cm):
+        ax.text(c, r, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted"), ax.set_ylabel("truth"), ax.set_title(f"accuracy {f['accuracy']:.3f}")
+    save(fig, "confusion_matrix.png")
+
+    no_tumor = predictor.config.no_tumor_indices
+    is_tumor = d["y"] == 1 if d["mode"] == "binary" else ~np.isin(d["y"], no_tumor)
+    fpr, tpr = roc_curve(is_tumor.astype(int), 1 - d["probs"][:, no_tumor].sum(1))
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], "k:")
+    ax.set_xlabel("false-positive rate"), ax.set_ylabel("tumour sensitivity")
+    ax.set_title(f"ROC, tumour vs none (AUROC {f['tumor_auroc']:.3f})")
+    save(fig, "roc.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for conf, label in ((d["raw_confidence"], f"uncalibrated (ECE {f['ece_uncalibrated']:.3f})"),
+                        (d["confidence"], f"calibrated (ECE {f['ece']:.3f})")):
+        rel = reliability(conf, d["correct"], bins=10)
+        ax.plot(rel["confidence"], rel["accuracy"], "o-", label=label)
+    ax.plot([0, 1], [0, 1], "k:"), ax.set_xlabel("confidence"), ax.set_ylabel("accuracy"), ax.legend(fontsize=8)
+    ax.set_title("reliability diagram")
+    save(fig, "reliability.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist([d["confidence"][d["correct"]], d["confidence"][~d["correct"]]], bins=20, stacked=True,
+            label=["correct", "wrong"])
+    ax.set_xlabel("confidence"), ax.set_ylabel("images"), ax.legend()
+    save(fig, "confidence_histogram.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(d["coverage"], d["risk"])
+    ax.axvline(0.9, color="k", ls=":")
+    ax.set_xlabel("coverage (most confident first)"), ax.set_ylabel("error rate")
+    ax.set_title(f"risk-coverage (error at 90%: {f['error_at_90_coverage']:.3f})")
+    save(fig, "risk_coverage.png")
+
+    wrong = np.nonzero(~d["correct"])[0]
+    wrong = wrong[np.argsort(-d["confidence"][wrong])][:worst]
+    if len(wrong):
+        cols = 4
+        rows = int(np.ceil(len(wrong) / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(cols * 3, rows * 3.2), squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        truth_names = f["class_names"]
+        for ax, i in zip(axes.ravel(), wrong):
+            r = d["results"][i]
+            img = overlay(r.image, r.heatmap, 0.4) if r.heatmap is not None else r.image
+            ax.imshow(img, cmap=None if r.heatmap is not None else "gray")
+            ax.set_title(f"{Path(d['paths'][i]).name[:18]}\ntruth {truth_names[d['y'][i]]}, said {r.label} "
+                         f"({r.confidence:.2f})", fontsize=7)
+        save(fig, "worst_mistakes.png")
+    return written
+
+
+def main(argv: Optional[Iterable[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="folder of class folders (model classes, or yes/no)")
+    parser.add_argument("--model", default=None, help="model folder or Hub id user/name[@rev] (default: bundled)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    parser.add_argument("--report", metavar="DIR", help="also write plots and a grid of the worst mistakes")
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip heat maps (faster; no heat-map figures)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        predictor = Predictor(args.model)
+        result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size)
+    except (ModelLoadError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    figures = result["figures"]
+    figures["model"] = predictor.source
+    figures["data"] = str(args.data)
+    print(format_figures(figures))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.report:
+        for p in write_report(result, Path(args.report), predictor):
+            print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

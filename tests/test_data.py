@@ -1,0 +1,136 @@
+"""Dataset layouts, the one preprocessing path, and the leakage-aware split."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from brain_tumor.data import (apply_crop, find_splits, grouped_split, head_crop, head_mask, near_duplicate_groups,
+                              prepare, read_class_folders, thumbnail, to_tensor, uncrop)
+from conftest import CLASSES, synthetic_slice, write_class_folders
+
+
+def test_class_folder_layout(class_folders):
+    splits = find_splits(class_folders)
+    assert list(splits) == ["train"]
+    assert splits["train"].classes == CLASSES
+    assert len(splits["train"]) == 16
+    assert sorted(set(splits["train"].labels)) == [0, 1, 2, 3]
+
+
+def test_kaggle_layout_with_training_and_testing(tmp_path):
+    write_class_folders(tmp_path / "Training", per_class=3)
+    write_class_folders(tmp_path / "Testing", per_class=2, seed=7)
+    splits = find_splits(tmp_path)
+    assert set(splits) == {"train", "test"}
+    assert len(splits["train"]) == 12 and len(splits["test"]) == 8
+    assert splits["test"].classes == CLASSES
+
+
+def test_yes_no_layout_maps_to_tumor_and_notumor(tmp_path):
+    write_class_folders(tmp_path / "brain_tumor_dataset", classes=["yes", "no"], per_class=3)
+    folder = read_class_folders(tmp_path / "brain_tumor_dataset")
+    assert folder.classes == ["notumor", "tumor"]
+    names = [p.parent.name for p, y in zip(folder.paths, folder.labels) if folder.classes[y] == "tumor"]
+    assert set(names) == {"yes"}
+
+
+def test_aliases_are_canonicalised(tmp_path):
+    write_class_folders(tmp_path, classes=["glioma_tumor", "no_tumor"], per_class=2)
+    assert read_class_folders(tmp_path).classes == ["glioma", "notumor"]
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    write_class_folders(tmp_path, classes=["glioma"], per_class=2)
+    with pytest.raises(ValueError, match="at least two class folders"):
+        find_splits(tmp_path)
+
+
+def test_head_crop_removes_border_and_size():
+    img = synthetic_slice(1, size=200)
+    framed = np.full((300, 260), 0, np.uint8)
+    framed[50:250, 30:230] = img
+    a, _ = prepare(img, 64)
+    b, crop = prepare(framed, 64)
+    # the same head, whatever the canvas around it: the prepared images nearly agree
+    assert np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1] > 0.95
+    assert crop.side < 260
+    mask = head_mask(framed)
+    assert mask[150, 130] and not mask[5, 5]
+
+
+def test_uncrop_maps_back_to_original_grid():
+    img = synthetic_slice(3, size=120)
+    canvas = np.zeros((150, 220), np.uint8)
+    canvas[10:130, 60:180] = img
+    prepared, crop = prepare(canvas, 64)
+    heat = np.zeros((64, 64), np.float32)
+    heat[28:36, 28:36] = 1.0  # centre of the prepared image
+    back = uncrop(heat, crop)
+    assert back.shape == canvas.shape
+    y, x = np.unravel_index(back.argmax(), back.shape)
+    assert abs(y - 70) < 12 and abs(x - 120) < 12
+    assert back[:, :40].max() == 0  # nothing outside the crop
+
+
+def test_apply_crop_pads_outside_the_image():
+    img = np.full((10, 10), 200, np.uint8)
+    crop = head_crop(img)
+    out = apply_crop(img, crop, 16)
+    assert out.shape == (16, 16) and out.dtype == np.uint8
+
+
+def test_to_tensor_shape_and_normalisation():
+    x = to_tensor(np.zeros((2, 32, 32), np.uint8))
+    assert tuple(x.shape) == (2, 3, 32, 32)
+    assert abs(float(x[0, 0, 0, 0]) - (-0.485 / 0.229)) < 1e-5
+
+
+def test_near_duplicates_grouped_and_never_straddle():
+    rng = np.random.default_rng(0)
+    base = [cv2.GaussianBlur(rng.integers(0, 255, (64, 64)).astype(np.uint8), (9, 9), 0) for _ in range(20)]
+    images, labels = [], []
+    for i, img in enumerate(base):
+        images.append(img)
+        labels.append(i % 2)
+        if i < 8:  # a re-saved near-twin of the first eight
+            twin = np.clip(img.astype(int) + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8)
+            images.append(twin)
+            labels.append(i % 2)
+    thumbs = np.stack([thumbnail(im) for im in images])
+    groups = near_duplicate_groups(thumbs, 0.95)
+    assert len(set(groups)) == 20  # twins join their original; distinct images stay apart
+    twins = [(2 * i, 2 * i + 1) for i in range(8)]
+    assert all(groups[a] == groups[b] for a, b in twins)
+    for seed in range(5):
+        is_val = grouped_split(groups, labels, 0.3, seed)
+        assert 0 < is_val.sum() < len(is_val)
+        for g in set(groups):
+            assert len(set(is_val[groups == g])) == 1, "a near-duplicate group straddles train and validation"
+    assert (grouped_split(groups, labels, 0.3, 1) == grouped_split(groups, labels, 0.3, 1)).all()
+
+
+def test_distinct_images_are_not_grouped():
+    rng = np.random.default_rng(1)
+    thumbs = rng.normal(size=(30, 1024)).astype(np.float32)
+    assert len(set(near_duplicate_groups(thumbs, 0.95))) == 30
+
+
+def test_data_cli_reports_counts_and_duplicates(class_folders, capsys):
+    from brain_tumor.data import main
+
+    # a duplicate of one image under another class makes a cross-class group
+    cv2.imwrite(str(class_folders / "notumor" / "copy.png"), cv2.imread(str(class_folders / "glioma" / "glioma_0.png")))
+    assert main([str(class_folders)]) == 0
+    out = capsys.readouterr().out
+    assert "glioma" in out and "near-duplicates" in out
+    assert "1 groups holding 2" in out
+
+
+def test_data_cli_writes_augmentation_grid(tmp_path, class_folders):
+    from brain_tumor.data import main
+
+    out = tmp_path / "grid.png"
+    assert main([str(class_folders), "--show-augmentations", str(class_folders / "glioma" / "glioma_0.png"),
+                 "--img-size", "64", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000

@@ -1,0 +1,178 @@
+"""End to end on tiny data: train -> save -> load -> predict, resume, layouts, predict/evaluate CLIs."""
+from __future__ import annotations
+
+import json
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+import train
+from brain_tumor import evaluate, metrics, predict
+from brain_tumor.model import load_model
+from conftest import CLASSES, write_class_folders
+
+TINY = ["--img-size", "64", "--epochs", "2", "--batch-size", "8", "--init", "scratch", "--backbone-lr", "same",
+        "--val-fraction", "0.25", "--patience", "0"]
+
+
+def test_train_save_load_predict_round_trip(class_folders, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert train.main(["--data", str(class_folders), "--out", str(out), *TINY]) == 0
+    for name in ("model.safetensors", "config.json", "README.md", "training_curves.png", "split.json"):
+        assert (out / name).exists(), name
+    log = capsys.readouterr().out
+    assert len(re.findall(r"^epoch +\d+ ", log, re.M)) == 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["class_names"] == CLASSES and cfg["img_size"] == 64
+    assert cfg["metrics"]["validation"]["n"] > 0 and 0.05 < cfg["temperature"] < 20
+    assert "python train.py" in cfg["training"]["command"]
+    split = json.loads((out / "split.json").read_text())
+    assert not set(split["train"]) & set(split["val"])
+    assert len(split["train"]) + len(split["val"]) == 16
+    card = (out / "README.md").read_text()
+    assert "not a diagnostic device" in card and "grouped" in card
+
+    model = load_model(str(out))
+    assert model.targets == CLASSES
+    code = predict.main([str(class_folders), "--model", str(out), "--json"])
+    records = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(records) == 16
+    for r in records:
+        assert set(r) >= {"path", "label", "probabilities", "tumor_probability"}
+        assert r["label"] in CLASSES and abs(sum(r["probabilities"].values()) - 1) < 1e-4
+        assert abs(r["tumor_probability"] - (1 - r["probabilities"]["notumor"])) < 1e-5
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(class_folders, tmp_path, capsys):
+    out = tmp_path / "model"
+    args = ["--data", str(class_folders), "--out", str(out), *TINY]
+    args[args.index("--epochs") + 1] = "1"
+    assert train.main(args) == 0
+    capsys.readouterr()
+    args[args.index("--epochs") + 1] = "2"
+    assert train.main(args) == 0
+    log = capsys.readouterr().out
+    assert "resuming" in log and "after epoch 1" in log
+    assert re.findall(r"^epoch +(\d+) ", log, re.M) == ["2"]
+    history = json.loads((out / "config.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_kaggle_layout_scores_the_testing_split(tmp_path):
+    root = tmp_path / "kaggle"
+    write_class_folders(root / "Training", per_class=4)
+    write_class_folders(root / "Testing", per_class=2, seed=50)
+    out = tmp_path / "model"
+    assert train.main(["--data", str(root), "--out", str(out), *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["metrics"]["test"]["n"] == 8
+    assert all(p.startswith("Training/") for p in json.loads((out / "split.json").read_text())["val"])
+
+
+def test_yes_no_layout_trains_a_two_class_model(tmp_path):
+    root = write_class_folders(tmp_path / "brain_tumor_dataset", classes=["yes", "no"], per_class=8)
+    out = tmp_path / "model"
+    assert train.main(["--data", str(root), "--out", str(out), *TINY]) == 0
+    assert load_model(str(out)).targets == ["notumor", "tumor"]
+
+
+def test_bad_training_arguments_give_a_message(tmp_path, capsys):
+    assert train.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), *TINY]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_predict_reports_errors_in_place_and_writes_heatmaps(class_folders, tiny_model_dir, tmp_path, capsys):
+    (class_folders / "glioma" / "broken.png").write_text("not an image")
+    wide = np.zeros((50, 90), np.uint8)
+    cv2.ellipse(wide, (45, 25), (30, 20), 0, 0, 360, 120, -1)
+    cv2.imwrite(str(class_folders / "notumor" / "wide.png"), wide)
+    maps = tmp_path / "maps"
+    code = predict.main([str(class_folders), "--model", str(tiny_model_dir), "--json", "--heatmaps", str(maps)])
+    records = json.loads(capsys.readouterr().out)
+    assert code == 2
+    errors = [r for r in records if "error" in r]
+    assert len(errors) == 1 and errors[0]["path"].endswith("broken.png") and set(errors[0]) == {"path", "error"}
+    assert len(records) == 18 and [r["path"] for r in records] == sorted(r["path"] for r in records)
+    heat = np.load(maps / "notumor" / "wide.npy")
+    assert heat.shape == (50, 90) and heat.dtype == np.float32
+    assert 0 <= heat.min() and heat.max() <= 1
+    assert (maps / "glioma" / "glioma_0.npy").exists() and not (maps / "glioma" / "broken.npy").exists()
+
+
+def test_predict_table_and_exit_code_zero(class_folders, tiny_model_dir, capsys):
+    assert predict.main([str(class_folders / "glioma" / "glioma_0.png"), "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "glioma_0.png" in out and "P(tumour)" in out
+
+
+def test_predict_with_a_missing_model_fails_cleanly(tmp_path, capsys):
+    assert predict.main([str(tmp_path), "--model", str(tmp_path / "none")]) == 2
+    assert "model not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def test_metrics_on_known_answers():
+    y = [0, 0, 1, 1, 2, 2]
+    pred = [0, 1, 1, 1, 2, 0]
+    cm = metrics.confusion_matrix(y, pred, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    s = metrics.per_class_scores(cm, ["a", "b", "c"])
+    assert s["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
+    assert s["b"]["precision"] == pytest.approx(2 / 3) and s["c"]["recall"] == 0.5
+    assert metrics.auroc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert metrics.auroc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)
+    # a model that always says 0.9 but is right 60% of the time is off by 0.3
+    assert metrics.expected_calibration_error([0.9] * 10, [1] * 6 + [0] * 4) == pytest.approx(0.3)
+    assert metrics.expected_calibration_error([0.7] * 10, [1] * 7 + [0] * 3) == pytest.approx(0.0)
+    assert metrics.error_at_coverage([0.99, 0.9, 0.8, 0.6], [1, 1, 1, 0], 0.75) == 0.0
+    assert metrics.error_at_coverage([0.99, 0.9, 0.8, 0.6], [1, 1, 1, 0], 1.0) == 0.25
+    t = metrics.tumor_scores([1, 1, 0, 0], [0.9, 0.2, 0.1, 0.7])
+    assert t["tumor_sensitivity"] == 0.5 and t["tumor_specificity"] == 0.5
+
+
+def test_heatmap_scores_hit_and_miss():
+    heat = np.zeros((100, 100), np.float32)
+    heat[10, 10] = 1.0
+    box = evaluate.box_mask((100, 100), (0.7, 0.7, 0.2, 0.2))  # x 60..80, y 60..80
+    assert not evaluate.pointing_hit(heat, box) and evaluate.heat_share(heat, box) == 0.0
+    heat[70, 72] = 2.0
+    assert evaluate.pointing_hit(heat, box) and evaluate.heat_share(heat, box) == pytest.approx(2 / 3)
+
+
+def test_evaluate_cli_on_a_tiny_set(class_folders, tiny_model_dir, tmp_path, capsys):
+    # one box file for a heat-map score
+    (class_folders / "glioma" / "glioma_0.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    out = tmp_path / "fig.json"
+    report = tmp_path / "report"
+    assert evaluate.main(["--data", str(class_folders), "--model", str(tiny_model_dir), "--json", str(out),
+                          "--report", str(report)]) == 0
+    f = json.loads(out.read_text())
+    assert f["n"] == 16 and f["mode"] == "multiclass"
+    cm = np.array(f["confusion_matrix"])
+    assert cm.sum() == 16 and cm.sum(1).tolist() == [4, 4, 4, 4]
+    assert f["accuracy"] == pytest.approx(np.trace(cm) / 16)
+    assert set(f) >= {"per_class", "tumor_sensitivity", "tumor_specificity", "tumor_auroc", "ece", "ece_uncalibrated",
+                      "error_at_90_coverage", "heat_in_head", "pointing_game", "heat_in_box"}
+    assert f["n_boxes"] == 1 and 0 <= f["heat_in_head"] <= 1
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png", "confidence_histogram.png"):
+        assert (report / name).stat().st_size > 1000
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_yes_no_scores_tumour_vs_none(tmp_path, tiny_model_dir):
+    root = write_class_folders(tmp_path / "yn", classes=["yes", "no"], per_class=3)
+    out = tmp_path / "f.json"
+    assert evaluate.main(["--data", str(root), "--model", str(tiny_model_dir), "--json", str(out), "--no-heatmaps"]) == 0
+    f = json.loads(out.read_text())
+    assert f["mode"] == "binary" and f["n"] == 6 and f["class_names"] == ["notumor", "tumor"]
+    cm = np.array(f["confusion_matrix"])
+    assert f["tumor_sensitivity"] == pytest.approx(cm[1, 1] / 3)
+
+
+def test_evaluate_refuses_unknown_classes(tmp_path, tiny_model_dir, capsys):
+    root = write_class_folders(tmp_path / "other", classes=["cats", "dogs"], per_class=2)
+    assert evaluate.main(["--data", str(root), "--model", str(tiny_model_dir)]) == 2
+    assert "match neither" in capsys.readouterr().err
