@@ -120,3 +120,25 @@ def push_to_hub(folder, repo_id: str, private: bool = False, token: Optional[str
     info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
                              allow_patterns=_UPLOAD_PATTERNS, commit_message=commit_message)
     return str(getattr(info, "commit_url", info))
+
+
+def main(argv=None) -> int:
+    """python -m brain_tumor.hub FOLDER REPO_ID [--private]: upload a trained model folder."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.hub", description="Upload a model folder to the Hub.")
+    parser.add_argument("folder")
+    parser.add_argument("repo_id", help="user/name")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        print(push_to_hub(args.folder, args.repo_id, private=args.private))
+    except Exception as e:  # network and auth errors: say what happened, the folder is untouched
+        print(f"error: upload failed ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
