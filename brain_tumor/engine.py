@@ -25,6 +25,7 @@ from .config import TrainConfig
 from .data import find_splits, grouped_split, load_prepared, near_duplicate_groups, to_tensor
 from .metrics import classification_report, tumor_probability
 from .model import TumorClassifier, create_model, save_model
+from .trust import record_calibration
 
 STATE_NAME = "train_state.pt"
 
@@ -271,18 +272,14 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
 
     if best["model"] is not None:
         model.load_state_dict(best["model"])
-    logits = predict_logits(model, x_val)
-    temperature = fit_temperature(logits, y_val)
-    uncal = evaluate_logits(logits, y_val, model)
-    val = evaluate_logits(logits, y_val, model, temperature)
+    model.config.metrics = {"split": "grouped validation (near-duplicate groups never straddle train/validation)",
+                            "best_epoch": best["epoch"]}
+    record_calibration(model, x_train, y_train, x_val, y_val)
+    temperature = model.config.temperature
+    val = model.config.metrics["validation"]
     proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, temperature)
-    model.config.temperature = temperature
-    model.config.metrics = {
-        "split": "grouped validation (near-duplicate groups never straddle train/validation)",
-        "validation": val, "ece_uncalibrated": uncal["ece"],
-        "inverted_contrast_proxy": {k: proxy[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity")},
-        "best_epoch": best["epoch"],
-    }
+    model.config.metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity",
+                                                                            "tumor_specificity")}
     if "test" in splits:
         log("scoring the Testing/ split")
         test = splits["test"]
@@ -304,6 +301,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     from .hub import write_model_card
     write_model_card(out, model.config, notes=cfg.notes)
     log(f"validation (grouped, calibrated T={temperature:.2f}): accuracy {val['accuracy']:.4f}, "
-        f"tumour sensitivity {val['tumor_sensitivity']:.3f}, ECE {uncal['ece']:.3f} -> {val['ece']:.3f}")
+        f"tumour sensitivity {val['tumor_sensitivity']:.3f}, "
+        f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}")
     log(f"wrote {out}")
     return out

@@ -79,6 +79,7 @@ class OnePass:
         self.layer = target_layer(model, layer)
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
+        self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         def hook(_module, _inputs, output):
@@ -96,7 +97,11 @@ class OnePass:
                 p.requires_grad_(False)
             try:
                 with torch.enable_grad():
-                    self.logits = self.model(x)
+                    if hasattr(self.model, "forward_with_features"):
+                        self.logits, features = self.model.forward_with_features(x)
+                        self.features = features.detach()
+                    else:
+                        self.logits = self.model(x)
             finally:
                 for p, f in zip(self.model.parameters(), flags):
                     p.requires_grad_(f)

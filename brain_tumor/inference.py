@@ -17,8 +17,10 @@ import torch
 from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tensor, uncrop
 from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, upsample
 from .model import TumorClassifier, load_model
+from .trust import looks_blank
 
 NEEDS_REVIEW = "uncertain — needs review"
+NOT_MRI = "this does not look like a brain MRI slice — no diagnosis given"
 
 
 @dataclass
@@ -35,11 +37,16 @@ class Prediction:
     heatmap: Optional[np.ndarray] = None  # S x S float32 in [0, 1]
     heatmap_class: Optional[str] = None
     method: Optional[str] = None
+    uncertainty: float = 0.0  # normalised entropy of the calibrated probabilities, 0 (sure) .. 1 (no idea)
+    looks_like_mri: bool = True  # False: blank, or far from every training MRI in feature space
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
-        """The label in words, or 'uncertain — needs review' below the model's confidence threshold."""
+        """The answer in words: a warning when the input does not look like a brain MRI, 'uncertain — needs
+        review' below the model's confidence threshold, else the label."""
+        if not self.looks_like_mri:
+            return NOT_MRI
         return f"{NEEDS_REVIEW} (leans {self.label})" if self.needs_review else self.label
 
     def heatmap_on_original(self) -> np.ndarray:
@@ -51,7 +58,8 @@ class Prediction:
     def to_json(self) -> dict[str, Any]:
         out = {"label": self.label, "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
                "tumor_probability": round(self.tumor_probability, 6), "confidence": round(self.confidence, 6),
-               "needs_review": self.needs_review}
+               "uncertainty": round(self.uncertainty, 6), "needs_review": self.needs_review,
+               "looks_like_mri": self.looks_like_mri}
         out.update(self.extra)
         return out
 
@@ -90,6 +98,12 @@ class Predictor:
         probs = torch.softmax(logits.float() / self.config.temperature, 1).numpy()
         return probs, probs.argmax(1)
 
+    def _looks_like_mri(self, features: torch.Tensor, grays: Sequence[np.ndarray]) -> np.ndarray:
+        blank = np.array([looks_blank(g) for g in grays])
+        if self.config.ood_threshold <= 0:
+            return ~blank
+        return (self.model.ood_distance(features).numpy() <= self.config.ood_threshold) & ~blank
+
     def predict(self, grays: Sequence[np.ndarray], heatmaps: bool = False, method: str = "gradcam",
                 target: Optional[Union[str, int]] = None, batch_size: int = 32) -> list[Prediction]:
         """Predict a list of H x W uint8 slices; with ``heatmaps``, also the map of ``target`` (default: the
@@ -106,21 +120,25 @@ class Predictor:
                 if heatmaps and method in FAST_METHODS:
                     run = OnePass(self.model, self.config.cam_layer)
                     logits = run(x)
+                    features = run.features
                     probs, pred = self._answer(logits)
                     classes = pred if target_index is None else np.full(len(pred), target_index)
                     maps = upsample(run.cams(classes, method), self.config.img_size)
                     del run
                 else:
                     with torch.inference_mode():
-                        logits = self.model(x)
+                        logits, features = self.model.forward_with_features(x)
                     probs, pred = self._answer(logits)
                     if heatmaps:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
                         maps = compute_with_library(self.model, x, classes, method, self.config.cam_layer)
+            mri = self._looks_like_mri(features, grays[start:start + batch_size])
             for i, (img, crop) in enumerate(chunk):
-                out.append(self._prediction(probs[i], img, crop, None if maps is None else maps[i],
-                                            method if heatmaps else None,
-                                            target_index if target_index is not None else int(pred[i])))
+                p = self._prediction(probs[i], img, crop, None if maps is None else maps[i],
+                                     method if heatmaps else None,
+                                     target_index if target_index is not None else int(pred[i]))
+                p.looks_like_mri = bool(mri[i])
+                out.append(p)
         return out
 
     def _prediction(self, probs: np.ndarray, img: np.ndarray, crop: Crop, heat: Optional[np.ndarray],
@@ -128,9 +146,11 @@ class Predictor:
         k = int(probs.argmax())
         confidence = float(probs[k])
         p_tumor = float(1.0 - probs[self._no_tumor].sum()) if self._no_tumor else 1.0
+        entropy = float(-(probs * np.log(np.clip(probs, 1e-12, 1))).sum() / np.log(len(probs)))
         return Prediction(
             label=self.classes[k], probabilities={c: float(p) for c, p in zip(self.classes, probs)},
             tumor_probability=min(max(p_tumor, 0.0), 1.0), confidence=confidence,
+            uncertainty=min(max(entropy, 0.0), 1.0),
             needs_review=confidence < self.config.abstain_below, image=img, crop=crop,
             heatmap=heat, heatmap_class=self.classes[heat_class] if heat is not None else None, method=method)
 

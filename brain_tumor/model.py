@@ -47,7 +47,6 @@ class ModelConfig:
     dropout: float = 0.2
     temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
     cam_layer: str = "layer4"  # Grad-CAM target layer
-    cam_img_size: int = 0  # input size for heat maps; 0 = img_size
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
         "crop": "square around the head mask (Otsu, largest component), 4% margin, zero padding",
@@ -55,6 +54,7 @@ class ModelConfig:
         "channels": "grayscale repeated on 3 channels, normalised by mean/std",
     })
     abstain_below: float = 0.0  # calibrated confidence below which the answer is 'uncertain - needs review'
+    ood_threshold: float = 0.0  # Mahalanobis distance above which a slice does not look like a brain MRI; 0 = off
     metrics: dict[str, Any] = field(default_factory=dict)  # published figures (grouped validation split)
     training: dict[str, Any] = field(default_factory=dict)  # how it was trained (command, time, hardware)
     version: str = "0"
@@ -90,13 +90,29 @@ class TumorClassifier(nn.Module):
         self.config = config
         self.net = resnet18(weights=None)
         self.net.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(512, len(config.class_names)))
+        # 'looks like a brain MRI' detector on the pooled features: class means and shared precision matrix
+        self.register_buffer("ood_mean", torch.zeros(len(config.class_names), 512))
+        self.register_buffer("ood_precision", torch.zeros(512, 512))
 
     @property
     def targets(self) -> list[str]:
         return list(self.config.class_names)
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled 512-d features, from one pass (layer hooks fire as usual)."""
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        features = torch.flatten(n.avgpool(x), 1)
+        return n.fc(features), features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.forward_with_features(x)[0]
+
+    def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance of each feature vector to the nearest class mean (0s if not fitted)."""
+        diff = features.detach().float()[:, None, :] - self.ood_mean[None]  # N x K x 512
+        return torch.einsum("nkd,de,nke->nk", diff, self.ood_precision, diff).min(1).values
 
     def backbone_parameters(self):
         return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]
@@ -141,7 +157,7 @@ def create_model(class_names: Sequence[str], init: str = "scratch", img_size: in
                              f"{init!r} is none of these")
         state = {k.removeprefix("net."): v for k, v in _read_safetensors(path).items()}
         if any(k.startswith("conv1") for k in state):  # plain torchvision resnet18 keys
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            state = {k: v for k, v in state.items() if not k.startswith(("fc.", "ood."))}
         else:
             raise ModelLoadError(f"{path} does not hold ResNet18 weights")
     missing, unexpected = model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -174,6 +190,8 @@ def save_model(model: TumorClassifier, folder: Union[str, os.PathLike], fp16: bo
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in model.net.state_dict().items()}
+    state.update({f"ood.{k[4:]}": getattr(model, k).detach().float().contiguous().cpu()
+                  for k in ("ood_mean", "ood_precision")})
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "architecture": model.config.architecture})
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     return folder
@@ -241,6 +259,9 @@ def load_model(source: Optional[str] = None, revision: Optional[str] = None) -> 
     model = TumorClassifier(config)
     state = _read_safetensors(weights_path)
     try:
+        for k in ("mean", "precision"):
+            if f"ood.{k}" in state:
+                getattr(model, f"ood_{k}").copy_(state.pop(f"ood.{k}").float())
         model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"weights in {folder} do not match its config ({len(config.class_names)} classes "

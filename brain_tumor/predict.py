@@ -104,7 +104,8 @@ def format_table(records: list[dict], predictor: Predictor) -> str:
         if "error" in r:
             lines.append(f"{path:<{width}}  error: {r['error']}")
             continue
-        answer = f"uncertain - needs review (leans {r['label']})" if r.get("needs_review") else r["label"]
+        answer = ("NOT A BRAIN MRI? no diagnosis" if not r.get("looks_like_mri", True) else
+                  f"uncertain - needs review (leans {r['label']})" if r.get("needs_review") else r["label"])
         lines.append(f"{path:<{width}}  {answer:<40}  {r['confidence']:>5.2f}  {r['tumor_probability']:>9.3f}")
     lines.append("Research demo, not a diagnostic device.")
     return "\n".join(lines)

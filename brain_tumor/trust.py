@@ -1,0 +1,291 @@
+"""How far to trust an answer: calibration, abstention, and the 'does this look like a brain MRI' check.
+
+All three are fitted on the training run's own data (the grouped validation split, never test data)
+and stored in the checkpoint:
+- temperature scaling of the logits (config.temperature);
+- an abstention threshold on calibrated confidence (config.abstain_below): the lowest threshold at
+  which the validation error among accepted answers is <= 1%, keeping at least 80% of them;
+- a Mahalanobis detector on the network's pooled features (class means and a shared, shrunk covariance
+  fitted on training MRIs; threshold at the 99.5th percentile of validation MRIs' distances). It is
+  fitted on MRIs only, so every non-MRI image used to measure it is unseen.
+
+Refit an existing model folder (reads its split.json):
+    python -m brain_tumor.trust model/ --data ../shared/data/brain-tumor-mri/Training
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import torch
+
+OOD_QUANTILE = 0.995
+TARGET_ERROR = 0.01
+MIN_COVERAGE = 0.8
+BLANK_STD = 4.0  # an image with less spread than this (0..255) has nothing to read
+
+
+@torch.inference_mode()
+def extract(model, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features for N x S x S uint8 prepared images."""
+    from .engine import _normalise
+
+    model.eval()
+    logits, feats = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
+        lo, f = model.forward_with_features(_normalise(x, model))
+        logits.append(lo)
+        feats.append(f)
+    return torch.cat(logits), torch.cat(feats)
+
+
+def fit_ood(features: torch.Tensor, labels: torch.Tensor, n_classes: int, shrinkage: float = 0.1
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means and the precision of the shared within-class covariance (shrunk towards its diagonal mean)."""
+    f = features.double()
+    means = torch.stack([f[labels == k].mean(0) if (labels == k).any() else f.mean(0) for k in range(n_classes)])
+    centred = f - means[labels]
+    cov = centred.T @ centred / max(len(f) - 1, 1)
+    target = torch.eye(cov.shape[0], dtype=cov.dtype) * cov.diagonal().mean()
+    cov = (1 - shrinkage) * cov + shrinkage * target
+    return means.float(), torch.linalg.inv(cov).float()
+
+
+def choose_abstain_threshold(confidence: np.ndarray, correct: np.ndarray, target_error: float = TARGET_ERROR,
+                             min_coverage: float = MIN_COVERAGE) -> float:
+    """Lowest confidence threshold whose accepted answers have error <= target (coverage kept >= min_coverage)."""
+    order = np.argsort(-confidence)
+    conf, ok = confidence[order], correct[order].astype(float)
+    errors = np.cumsum(1 - ok) / np.arange(1, len(ok) + 1)
+    floor_k = max(1, int(np.ceil(min_coverage * len(ok))))
+    good = [k for k in range(floor_k, len(ok) + 1) if errors[k - 1] <= target_error]
+    k = max(good) if good else floor_k
+    return float(conf[k - 1]) if k < len(ok) else 0.0
+
+
+def looks_blank(gray: np.ndarray) -> bool:
+    return float(gray.std()) < BLANK_STD
+
+
+def non_mri_images(seed: int = 0, size: int = 256) -> list[tuple[str, np.ndarray]]:
+    """Images that are not brain MRIs, from what Python packages ship plus synthetic ones (grayscale uint8).
+
+    Photos and drawings (scikit-image's and matplotlib's samples, if installed), CT and ultrasound from
+    pydicom's test files, text, screenshots-like layouts, blank and noise images, gradients, patterns.
+    """
+    from .data import ImageReadError, read_image
+
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, np.ndarray]] = []
+
+    def gray(img) -> np.ndarray:
+        img = np.asarray(img)
+        if img.ndim == 3:
+            img = cv2.cvtColor(img[..., :3].astype(np.uint8), cv2.COLOR_RGB2GRAY)
+        if img.dtype != np.uint8:
+            img = cv2.normalize(img.astype(np.float64), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        return img
+
+    try:
+        from skimage import data as sk
+        for name in ("astronaut", "camera", "coins", "chelsea", "coffee", "rocket", "horse", "text", "page",
+                     "moon", "hubble_deep_field", "immunohistochemistry", "retina", "clock", "grass", "gravel",
+                     "logo", "microaneurysms", "motorcycle_left", "cat", "colorwheel", "binary_blobs", "cell",
+                     "human_mitosis", "lily", "shepp_logan_phantom", "checkerboard", "brick", "rough_wall"):
+            try:
+                img = gray(getattr(sk, name)())
+            except Exception:
+                continue  # some samples need a download: skip them
+            out.append((f"skimage:{name}", img))
+            h, w = img.shape[:2]
+            if min(h, w) >= 128:  # two random crops as further, different-looking photos
+                for j in range(2):
+                    s = int(rng.integers(min(h, w) // 2, min(h, w)))
+                    y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+                    out.append((f"skimage:{name}:crop{j}", img[y:y + s, x:x + s]))
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+        base = Path(matplotlib.get_data_path()) / "sample_data"
+        for name in ("grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"):
+            try:
+                out.append((f"matplotlib:{name}", read_image(base / name)))
+            except (ImageReadError, OSError):
+                pass
+    except ImportError:
+        pass
+    try:
+        import pydicom
+        base = Path(pydicom.__file__).parent / "data" / "test_files"
+        for name in ("CT_small.dcm", "liver_1frame.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm",
+                     "examples_palette.dcm", "SC_rgb_small_odd.dcm"):
+            try:
+                out.append((f"pydicom:{name}", read_image(base / name)))
+            except (ImageReadError, OSError):
+                pass
+    except ImportError:
+        pass
+    # synthetic
+    for i in range(6):
+        out.append((f"noise:uniform{i}", rng.integers(0, 256, (size, size)).astype(np.uint8)))
+        out.append((f"noise:smooth{i}", cv2.GaussianBlur(rng.integers(0, 256, (size, size)).astype(np.uint8),
+                                                         (0, 0), 1 + 3 * i)))
+    for v in (0, 128, 255):
+        out.append((f"blank:{v}", np.full((size, size), v, np.uint8)))
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out.append(("gradient:linear", (xx * 255).astype(np.uint8)))
+    out.append(("gradient:radial", (255 * (1 - np.clip(np.hypot(xx - 0.5, yy - 0.5) * 2, 0, 1))).astype(np.uint8)))
+    out.append(("pattern:stripes", ((np.sin(xx * 40) > 0) * 255).astype(np.uint8)))
+    out.append(("pattern:checker", (((xx * 8).astype(int) + (yy * 8).astype(int)) % 2 * 255).astype(np.uint8)))
+    words = ["Patient report", "Lorem ipsum dolor sit amet", "RESULTS: normal", "Invoice 2026-11",
+             "The quick brown fox", "ERROR 404", "Brain MRI", "tumour?"]
+    for i in range(8):
+        img = np.full((size, size), 255 if i % 2 else 20, np.uint8)
+        for line in range(int(rng.integers(3, 9))):
+            cv2.putText(img, words[(i + line) % len(words)], (8, 30 + 28 * line), cv2.FONT_HERSHEY_SIMPLEX,
+                        float(rng.uniform(0.5, 0.9)), 0 if i % 2 else 230, 2)
+        out.append((f"text:{i}", img))
+    for i in range(6):  # screenshot-like: window chrome, panels, buttons, text
+        img = np.full((size, int(size * 1.6)), int(rng.integers(200, 250)), np.uint8)
+        cv2.rectangle(img, (0, 0), (img.shape[1], 24), int(rng.integers(40, 90)), -1)
+        for _ in range(int(rng.integers(3, 8))):
+            x0, y0 = int(rng.integers(0, img.shape[1] - 60)), int(rng.integers(30, size - 40))
+            cv2.rectangle(img, (x0, y0), (x0 + int(rng.integers(30, 150)), y0 + int(rng.integers(15, 60))),
+                          int(rng.integers(0, 255)), -1)
+        cv2.putText(img, "File  Edit  View", (6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1)
+        out.append((f"screenshot:{i}", img))
+    for i in range(8):  # drawings: random shapes and lines on a plain background
+        img = np.full((size, size), 255 if i % 2 else 0, np.uint8)
+        for _ in range(int(rng.integers(3, 10))):
+            colour = int(rng.integers(0, 256))
+            p, q = rng.integers(0, size, 2), rng.integers(0, size, 2)
+            kind = int(rng.integers(0, 3))
+            if kind == 0:
+                cv2.circle(img, tuple(int(v) for v in p), int(rng.integers(5, size // 3)), colour, int(rng.integers(-1, 4)))
+            elif kind == 1:
+                cv2.rectangle(img, tuple(int(v) for v in p), tuple(int(v) for v in q), colour, int(rng.integers(-1, 4)))
+            else:
+                cv2.line(img, tuple(int(v) for v in p), tuple(int(v) for v in q), colour, int(rng.integers(1, 6)))
+        out.append((f"drawing:{i}", img))
+    return out
+
+
+def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+              measure_negatives: bool = True) -> dict[str, Any]:
+    """Fit temperature, abstention threshold and the MRI detector on a model in place; return the figures."""
+    from .data import prepare
+    from .engine import fit_temperature
+    from .metrics import error_at_coverage, expected_calibration_error
+
+    _, f_train = extract(model, x_train)
+    val_logits, f_val = extract(model, x_val)
+    k = len(model.config.class_names)
+    means, precision = fit_ood(f_train, y_train, k)
+    model.ood_mean.copy_(means)
+    model.ood_precision.copy_(precision)
+    d_val = model.ood_distance(f_val).numpy()
+    threshold = float(np.quantile(d_val, OOD_QUANTILE))
+    model.config.ood_threshold = threshold
+
+    temperature = fit_temperature(val_logits, y_val)
+    model.config.temperature = temperature
+    probs = torch.softmax(val_logits / temperature, 1).numpy()
+    conf, correct = probs.max(1), probs.argmax(1) == y_val.numpy()
+    model.config.abstain_below = choose_abstain_threshold(conf, correct)
+    raw = torch.softmax(val_logits, 1).numpy()
+    figures: dict[str, Any] = {
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(raw.max(1), correct),
+        "ece": expected_calibration_error(conf, correct),
+        "error_at_90_coverage": error_at_coverage(conf, correct, 0.9),
+        "abstain_below": model.config.abstain_below,
+        "abstain_rate": float((conf < model.config.abstain_below).mean()),
+        "error_when_answering": float(1 - correct[conf >= model.config.abstain_below].mean())
+        if (conf >= model.config.abstain_below).any() else None,
+        "mri_detector": {"method": "Mahalanobis distance on pooled ResNet features, shared covariance",
+                         "threshold": threshold, "quantile_of_validation_mris": OOD_QUANTILE,
+                         "validation_mris_flagged": float((d_val > threshold).mean())},
+    }
+    if measure_negatives:
+        negatives = non_mri_images()
+        imgs = np.stack([prepare(g, model.config.img_size)[0] for _, g in negatives])
+        _, f_neg = extract(model, torch.from_numpy(imgs))
+        d_neg = model.ood_distance(f_neg).numpy()
+        blank = np.array([looks_blank(g) for _, g in negatives])
+        flagged = (d_neg > threshold) | blank
+        kinds = sorted({n.split(":")[0] for n, _ in negatives})
+        figures["mri_detector"].update({
+            "non_mri_images": len(negatives), "non_mri_flagged": float(flagged.mean()),
+            "by_kind": {kd: float(np.mean([fl for (n, _), fl in zip(negatives, flagged) if n.split(":")[0] == kd]))
+                        for kd in kinds},
+            "missed": [n for (n, _), fl in zip(negatives, flagged) if not fl],
+        })
+    return figures
+
+
+def record_calibration(model, x_train, y_train, x_val, y_val) -> None:
+    """calibrate(), then store its figures and the calibrated validation report in model.config.metrics."""
+    from .engine import evaluate_logits
+
+    figures = calibrate(model, x_train, y_train, x_val, y_val)
+    val_logits, _ = extract(model, x_val)
+    metrics = model.config.metrics
+    metrics["validation"] = evaluate_logits(val_logits, y_val, model, model.config.temperature)
+    metrics["ece_uncalibrated"] = figures["ece_uncalibrated"]
+    metrics["calibration"] = {k: v for k, v in figures.items() if k != "mri_detector"}
+    metrics["mri_detector"] = figures["mri_detector"]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .data import load_prepared
+    from .hub import write_model_card
+    from .model import load_model, save_model
+
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.trust", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="model folder written by train.py (with split.json)")
+    parser.add_argument("--data", required=True, help="the folder the model was trained on (split.json is relative to it)")
+    args = parser.parse_args(argv)
+    folder = Path(args.model)
+    try:
+        split = json.loads((folder / "split.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: cannot read {folder / 'split.json'}: {e}", file=sys.stderr)
+        return 2
+    model = load_model(str(folder))
+    classes = model.config.class_names
+    root = Path(args.data)
+
+    def load(rel_paths):
+        paths = [root / p for p in rel_paths]
+        labels = torch.tensor([classes.index(_class_of(p, root)) for p in paths])
+        images, _, errors = load_prepared(paths, model.config.img_size)
+        keep = torch.tensor([e is None for e in errors])
+        return torch.from_numpy(images)[keep], labels[keep]
+
+    x_train, y_train = load(split["train"])
+    x_val, y_val = load(split["val"])
+    record_calibration(model, x_train, y_train, x_val, y_val)
+    save_model(model, folder)
+    write_model_card(folder, model.config)
+    print(json.dumps({k: model.config.metrics[k] for k in ("calibration", "mri_detector")}, indent=1))
+    return 0
+
+
+def _class_of(path: Path, root: Path) -> str:
+    """The class folder of a path listed in split.json (skipping a Training/ level)."""
+    from .config import canonical_class
+    from .data import _SPLIT_NAMES
+
+    parts = path.relative_to(root).parts
+    return canonical_class(parts[1] if parts[0].lower() in _SPLIT_NAMES["train"] else parts[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
