@@ -1,0 +1,78 @@
+"""Calibration, abstention and the 'looks like a brain MRI' detector."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brain_tumor.data import prepare
+from brain_tumor.engine import fit_temperature
+from brain_tumor.inference import NOT_MRI, Predictor
+from brain_tumor.model import create_model
+from brain_tumor.trust import calibrate, choose_abstain_threshold, fit_ood, non_mri_images
+from conftest import CLASSES, synthetic_slice
+
+
+def test_temperature_scaling_recovers_an_overconfident_scale():
+    torch.manual_seed(0)
+    true_logits = torch.randn(4000, 4) * 1.5
+    labels = torch.multinomial(torch.softmax(true_logits, 1), 1).squeeze(1)
+    t = fit_temperature(true_logits * 3.0, labels)  # a model 3x too confident
+    assert t == pytest.approx(3.0, rel=0.1)
+
+
+def test_abstain_threshold_meets_the_error_target():
+    conf = np.linspace(1.0, 0.5, 100)
+    correct = np.ones(100, bool)
+    correct[[85, 90, 95, 99]] = False  # all mistakes are among the least confident
+    t = choose_abstain_threshold(conf, correct, target_error=0.01, min_coverage=0.8)
+    accepted = conf >= t
+    assert accepted.mean() >= 0.8
+    assert 1 - correct[accepted].mean() <= 0.01
+    assert not accepted[85]
+
+
+def test_mahalanobis_detector_separates_far_points():
+    rng = np.random.default_rng(0)
+    feats = torch.tensor(np.concatenate([rng.normal(0, 1, (200, 512)), rng.normal(3, 1, (200, 512))]),
+                         dtype=torch.float32)
+    labels = torch.tensor([0] * 200 + [1] * 200)
+    model = create_model(["a", "b"], init="scratch")
+    means, precision = fit_ood(feats, labels, 2)
+    model.ood_mean.copy_(means)
+    model.ood_precision.copy_(precision)
+    near = model.ood_distance(torch.tensor(rng.normal(3, 1, (20, 512)), dtype=torch.float32))
+    far = model.ood_distance(torch.tensor(rng.normal(-6, 1, (20, 512)), dtype=torch.float32))
+    assert far.min() > near.max()
+
+
+@pytest.fixture(scope="module")
+def calibrated_predictor():
+    torch.manual_seed(0)
+    model = create_model(CLASSES, init="scratch", img_size=64).eval()
+    slices = [synthetic_slice(i, 96, tumor=i % 4 != 2) for i in range(120)]
+    x = torch.from_numpy(np.stack([prepare(s, 64)[0] for s in slices]))
+    y = torch.tensor([i % 4 for i in range(120)])
+    figures = calibrate(model, x[:80], y[:80], x[80:], y[80:], measure_negatives=True)
+    return Predictor(model), figures
+
+
+def test_photos_text_and_noise_are_flagged_and_slices_are_not(calibrated_predictor):
+    predictor, figures = calibrated_predictor
+    det = figures["mri_detector"]
+    assert det["non_mri_images"] >= 40 and det["validation_mris_flagged"] <= 0.05
+    negatives = dict(non_mri_images())
+    photo = negatives.get("skimage:astronaut", negatives["text:0"])
+    preds = predictor.predict([photo, negatives["noise:uniform0"], negatives["blank:0"],
+                               synthetic_slice(1000, 96), synthetic_slice(1001, 96)])
+    assert [p.looks_like_mri for p in preds] == [False, False, False, True, True]
+    assert preds[0].verdict == NOT_MRI
+    assert 0 <= preds[3].uncertainty <= 1
+
+
+def test_blank_input_is_never_called_an_mri(tiny_model_dir):
+    predictor = Predictor(str(tiny_model_dir))  # no detector fitted: only the blank check applies
+    [blank, slice_] = predictor.predict([np.full((80, 80), 7, np.uint8), synthetic_slice(3, 80)])
+    assert not blank.looks_like_mri and slice_.looks_like_mri
+    record = slice_.to_json()
+    assert set(record) >= {"uncertainty", "looks_like_mri", "needs_review"}
