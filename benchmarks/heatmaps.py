@@ -1,0 +1,76 @@
+"""Choose the heat-map layer and method by measurement: pointing game and heat inside the box on slices with
+tumour boxes, and heat inside the head on those and on other slices.
+
+    python -m benchmarks.heatmaps --boxes ../shared/data/tumor-boxes-sample \
+        --heads ../shared/data/brain-tumor-mri/Training --json heatmaps.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from brain_tumor.data import head_mask, list_images, read_image
+from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_box
+from brain_tumor.inference import Predictor
+
+
+def score(predictor: Predictor, grays, boxes, method: str, layer: str) -> dict:
+    predictor.config.cam_layer = layer
+    preds = predictor.predict(grays, heatmaps=True, method=method)
+    hits, in_box, in_head = [], [], []
+    for gray, box, p in zip(grays, boxes, preds):
+        heat = p.heatmap_on_original()
+        in_head.append(heat_share(heat, head_mask(gray)))
+        if box is not None:
+            m = box_mask(heat.shape, box)
+            hits.append(pointing_hit(heat, m))
+            in_box.append(heat_share(heat, m))
+    return {"pointing_game": float(np.mean(hits)) if hits else None,
+            "heat_in_box": float(np.mean(in_box)) if in_box else None,
+            "heat_in_head": float(np.mean(in_head)), "n_boxes": len(hits), "n": len(grays)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--boxes", default="../shared/data/tumor-boxes-sample")
+    ap.add_argument("--heads", default=None, help="extra folder of slices (no boxes) for the head figure")
+    ap.add_argument("--n-heads", type=int, default=200)
+    ap.add_argument("--layers", default="layer2,layer3,layer4")
+    ap.add_argument("--methods", default="gradcam,gradcam++")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    predictor = Predictor(args.model)
+    original_layer = predictor.config.cam_layer
+    box_paths = [p for p in list_images(args.boxes) if p.suffix.lower() != ".txt"]
+    box_grays = [read_image(p) for p in box_paths]
+    boxes = [read_yolo_box(p.with_suffix(".txt")) for p in box_paths]
+    head_grays = []
+    if args.heads:
+        pool = list_images(args.heads)
+        rng = np.random.default_rng(0)
+        head_grays = [read_image(pool[i]) for i in rng.choice(len(pool), min(args.n_heads, len(pool)), replace=False)]
+    rows = []
+    for layer in args.layers.split(","):
+        for method in args.methods.split(","):
+            r = score(predictor, box_grays, boxes, method, layer)
+            if head_grays:
+                r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
+                                                       method, layer)["heat_in_head"]
+            rows.append({"layer": layer, "method": method, **r})
+            print(f"{layer:<8}{method:<11} pointing {r['pointing_game']:.3f}  in box {r['heat_in_box']:.3f}  "
+                  f"in head {r['heat_in_head']:.3f}" + (f"  in head (other slices) {r['heat_in_head_other_slices']:.3f}"
+                                                         if head_grays else ""), flush=True)
+    predictor.config.cam_layer = original_layer
+    out = {"model": predictor.source, "boxes": args.boxes, "rows": rows}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
