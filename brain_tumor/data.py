@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .config import (DICOM_SUFFIXES, IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_FILE_BYTES, MAX_PIXELS,
                      canonical_class)
@@ -85,35 +85,64 @@ def _read_bytes(source: Union[PathLike, bytes], max_bytes: int) -> tuple[bytes, 
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale any numeric array to 0..255 by its own range (a flat image becomes zeros)."""
-    arr = np.asarray(arr, dtype=np.float64)
-    if not np.isfinite(arr).all():
+    """Scale any numeric array to 0..255 by its own range (a flat image becomes zeros).
+
+    Works in blocks of rows so that a large 16-bit or float image never has a float64 copy made whole."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if arr.size == 0:
+        return out
     lo, hi = float(arr.min()), float(arr.max())
     if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+        return out
+    scale = 255.0 / (hi - lo)
+    step = max(1, (1 << 20) // max(1, arr[0].size))
+    for i in range(0, len(arr), step):
+        out[i:i + step] = np.round((arr[i:i + step].astype(np.float64) - lo) * scale)
+    return out
+
+
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP"}
+
+
+def _image_format(head: bytes) -> Optional[str]:
+    """The format a file's first bytes announce, to say 'corrupt PNG' rather than 'not an image'."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for sig, name in _SIGNATURES.items() if head.startswith(sig)), None)
+
+
+def _check_pixels(w: int, h: int) -> None:
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(f"image too large: {w} x {h} pixels (limit {MAX_PIXELS // 1_000_000} megapixels); "
+                             "possibly a decompression bomb")
+    if w < 1 or h < 1:
+        raise ImageReadError("image has no pixels")
 
 
 def _read_pillow(data: bytes, frame: Optional[int]) -> np.ndarray:
     try:
         im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageReadError("not a supported image or DICOM file") from None
+        kind = _image_format(data[:16])
+        raise ImageReadError(f"corrupt {kind} file: its header cannot be read" if kind
+                             else "not a supported image or DICOM file") from None
+    except Image.DecompressionBombError:  # Pillow's own check, at twice its MAX_IMAGE_PIXELS
+        raise ImageReadError(f"image too large (limit {MAX_PIXELS // 1_000_000} megapixels); "
+                             "possibly a decompression bomb") from None
     except Exception as e:  # Pillow raises many kinds on corrupt headers
         raise ImageReadError(f"cannot open image: {_short(e)}") from None
-    w, h = im.size
-    if w * h > MAX_PIXELS:
-        raise ImageReadError(f"image too large: {w} x {h} pixels (limit {MAX_PIXELS // 1_000_000} megapixels); "
-                             "possibly a decompression bomb")
-    if w < 1 or h < 1:
-        raise ImageReadError("image has no pixels")
+    _check_pixels(*im.size)
     try:
-        n_frames = getattr(im, "n_frames", 1)
         if frame:
+            n_frames = getattr(im, "n_frames", 1)
             if not 0 <= frame < n_frames:
                 raise ImageReadError(f"frame {frame} out of range: the file has {n_frames} frame(s)")
             im.seek(frame)
+            _check_pixels(*im.size)  # each page of a TIFF has its own size
         im = ImageOps.exif_transpose(im) or im
         im.load()
         return _pillow_to_gray(im)
@@ -126,47 +155,88 @@ def _read_pillow(data: bytes, frame: Optional[int]) -> np.ndarray:
 
 
 def _pillow_to_gray(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode to H x W uint8; transparency is composited on black (the MRI background).
+
+    Conversions go straight to one 8-bit band, so a large RGBA image costs a few bytes a pixel, not tens."""
     mode = im.mode
     if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         return _to_uint8(np.asarray(im))
+    if mode == "LAB":
+        return np.asarray(im.getchannel("L"), dtype=np.uint8).copy()
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (0, 0, 0, 255))  # MRI background is black
-        im = Image.alpha_composite(background, im)
-    if mode == "1":
+        if mode in ("P", "PA"):
+            im = im.convert("LA")
+        im = ImageChops.multiply(im.convert("L"), im.getchannel("A"))  # over black: luminance x alpha
+    elif mode != "L":
         im = im.convert("L")
-    if im.mode != "L":
-        im = im.convert("RGB").convert("L")
     return np.asarray(im, dtype=np.uint8).copy()
 
 
 def _short(e: Exception) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:200]
+    return text[:120]
 
 
 def _read_dicom(data: bytes, frame: Optional[int]) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, IndexError) as e:
-        raise ImageReadError(f"corrupt or truncated DICOM file ({type(e).__name__})") from None
     except Exception as e:  # pydicom can raise almost anything on a damaged file
         raise ImageReadError(f"corrupt or truncated DICOM file ({type(e).__name__})") from None
     if "PixelData" not in ds:
         raise ImageReadError("DICOM file has no image (no pixel data): it may be a report or other non-image object")
+    _check_decoder(ds)
     try:
-        arr = ds.pixel_array
+        rows, cols, n_frames = int(ds.Rows), int(ds.Columns), int(ds.get("NumberOfFrames", 1) or 1)
     except Exception as e:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax)) if syntax else "unknown"
-        msg = str(e).lower()
-        if "decod" in msg or "plugin" in msg or "handler" in msg or "not supported" in msg or "unable" in msg:
-            raise ImageReadError(f"DICOM transfer syntax not supported here: {name}") from None
+        raise ImageReadError(f"corrupt DICOM image header ({type(e).__name__})") from None
+    _check_pixels(cols, rows)  # before decoding: a compressed frame is allocated whole
+    index = _frame_index(n_frames, frame)
+    try:
+        arr = pixel_array(ds, index=index if n_frames > 1 else None)  # only the frame we show is decoded
+    except Exception as e:
         raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(e).__name__})") from None
-    return dicom_to_gray(ds, arr, frame)
+    try:
+        return dicom_to_gray(ds, arr, frame)
+    except ImageReadError:
+        raise
+    except Exception as e:  # header values (LUT, window, colour space) that cannot be applied
+        raise ImageReadError(f"DICOM pixel values cannot be displayed ({type(e).__name__})") from None
+
+
+def _check_decoder(ds) -> None:
+    """Refuse, naming it, a transfer syntax no installed decoder handles (e.g. JPEG-LS without pylibjpeg)."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is None:  # a bare dataset without file meta: its pixels are native, encoded as it was read
+            implicit, little = ds.original_encoding
+            syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            ds.file_meta.TransferSyntaxUID = syntax
+        valid = syntax.is_valid
+    except Exception as e:
+        raise ImageReadError(f"corrupt DICOM file meta information ({type(e).__name__})") from None
+    if not valid:  # never echo it: a damaged length could make it swallow the patient fields that follow
+        raise ImageReadError("DICOM transfer syntax UID is invalid")
+    try:
+        available = get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError, TypeError):
+        available = False
+    if not available:
+        name = syntax.name if syntax.name != str(syntax) else "unknown"
+        raise ImageReadError(f"DICOM transfer syntax not supported here: {name} ({syntax})")
+
+
+def _frame_index(n_frames: int, frame: Optional[int]) -> int:
+    """The frame to show: ``frame``, or the middle one; an ImageReadError if out of range."""
+    index = n_frames // 2 if frame is None else frame
+    if not 0 <= index < n_frames:
+        raise ImageReadError(f"frame {index} out of range: the DICOM file has {n_frames} frame(s)")
+    return index
 
 
 def dicom_frame_count(source: Union[PathLike, bytes]) -> int:
@@ -183,32 +253,37 @@ def dicom_frame_count(source: Union[PathLike, bytes]) -> int:
 
 
 def dicom_to_gray(ds, arr: np.ndarray, frame: Optional[int] = None) -> np.ndarray:
-    """Turn decoded DICOM pixels into an 8-bit display slice: modality LUT, VOI window, MONOCHROME1 inverted."""
+    """Turn decoded DICOM pixels into an 8-bit display slice: modality LUT, VOI window, MONOCHROME1 inverted.
+
+    ``arr``: all frames (``frame`` picks one, default the middle) or the one frame already decoded.
+    Colour pixels are expected as RGB (pydicom converts YBR on decoding)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     color = int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1
-    if n_frames > 1:
-        index = n_frames // 2 if frame is None else frame
-        if not 0 <= index < n_frames:
-            raise ImageReadError(f"frame {index} out of range: the DICOM file has {n_frames} frames")
+    index = _frame_index(n_frames, frame)
+    if n_frames > 1 and arr.ndim == (4 if color else 3):
         arr = arr[index]
-    elif frame not in (None, 0):
-        raise ImageReadError(f"frame {frame} out of range: the DICOM file has 1 frame")
     if color:
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
-            arr = convert_color_space(arr, photometric, "RGB")
         return cv2.cvtColor(_to_uint8(arr), cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else _to_uint8(arr)
     if arr.ndim != 2:
         raise ImageReadError(f"unexpected DICOM pixel array shape {arr.shape}")
-    values = apply_modality_lut(arr, ds).astype(np.float64)
+    if "ModalityLUTSequence" in ds:
+        values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    else:  # rescale in float32, in place: a large slice never gets a float64 copy
+        values = arr.astype(np.float32)
+        slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+        if slope is not None and intercept is not None:
+            values *= slope
+            values += intercept
     center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
     if center is not None and width is not None and width > 1:
         lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
-        values = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
-        out = np.round(values).astype(np.uint8)
+        values -= lo
+        values *= 255.0 / (hi - lo)
+        np.clip(values, 0.0, 255.0, out=values)
+        out = np.rint(values, out=values).astype(np.uint8)
     elif "VOILUTSequence" in ds:
         out = _to_uint8(apply_voi_lut(values, ds))
     else:

@@ -43,6 +43,22 @@ def heatmap_path(root: Path, relative: Path) -> Path:
     return target
 
 
+def _unused(target: Path, taken: set[Path]) -> Path:
+    """``target``, or ``name-2.npy``, ``name-3.npy``, ... if another input of this run already wrote there."""
+    candidate, n = target, 1
+    while candidate in taken:
+        n += 1
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+    taken.add(candidate)
+    return candidate
+
+
+def _printable(text: str, stream=None) -> str:
+    """Text the stream can show: undecodable file names (lone surrogates) and unencodable characters escaped."""
+    encoding = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.predict",
                                      description="Classify brain MRI slices (JPEG, PNG, BMP, TIFF, WebP, DICOM).")
@@ -58,7 +74,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         method = check_method(args.method)
         predictor = Predictor(args.model, threads=args.threads or None)
     except (ModelLoadError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(_printable(f"error: {e}", sys.stderr), file=sys.stderr)
         return 2
 
     inputs = expand_inputs(args.paths)
@@ -68,7 +84,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     heat_root = Path(args.heatmaps) if args.heatmaps else None
     results = predictor.predict_files([f for _, f, _ in inputs], heatmaps=heat_root is not None, method=method,
                                       batch_size=args.batch_size)
-    records, failed = [], 0
+    records, failed, taken = [], 0, set()
     for (shown, _, relative), result in zip(inputs, results):
         if isinstance(result, ImageReadError):
             records.append({"path": shown, "error": str(result)})
@@ -76,7 +92,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
             continue
         record = {"path": shown, **result.to_json()}
         if heat_root is not None:
-            target = heatmap_path(heat_root, relative)
+            target = _unused(heatmap_path(heat_root, relative), taken)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 np.save(target, result.heatmap_on_original().astype(np.float32))
@@ -90,7 +106,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         json.dump(records, sys.stdout, indent=1)
         print()
     else:
-        print(format_table(records, predictor))
+        print(_printable(format_table(records, predictor)))
     return 2 if failed else 0
 
 
