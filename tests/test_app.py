@@ -1,0 +1,282 @@
+"""The Gradio app, served in-process on a free port with the tiny model and called with gradio_client."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from brain_tumor.config import MAX_FILE_BYTES
+from brain_tumor.data import read_image
+from brain_tumor.inference import Predictor
+from brain_tumor.model import create_model, save_model
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+SECRET = "Doe^Jane-SECRET-4711"  # a patient name that must never come back
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir):
+    """app.py imported with the tiny model (the bundled model/ may not exist)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAIN_TUMOR_MODEL", str(tiny_model_dir))
+        import app as module
+    return module
+
+
+@pytest.fixture(scope="module")
+def url(app):
+    _, local_url, _ = app.launch(app.demo, port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield local_url
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(url, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def ask(client, path, **kwargs):
+    from gradio_client import handle_file
+
+    return client.predict(handle_file(str(path)), api_name="/predict", **kwargs)
+
+
+def confidences(label: dict) -> dict[str, float]:
+    return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def write_dicom(path: Path, frames: list[np.ndarray], photometric: str = "MONOCHROME2", preamble: bool = True) -> Path:
+    """16-bit MR DICOM (12 bits stored) whose window maps the pixels back to the given 8-bit slices exactly."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = "MR", SECRET, "SECRET-ID-4711"
+    ds.Rows, ds.Columns = frames[0].shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2040.5, 4081  # [0, 4080] -> [0, 255]
+    values = np.stack(frames).astype(np.uint16) * 16
+    if photometric == "MONOCHROME1":
+        values = 4080 - values
+    if len(frames) > 1:
+        ds.NumberOfFrames = len(frames)
+    ds.PixelData = (values if len(frames) > 1 else values[0]).tobytes()
+    ds.save_as(path, enforce_file_format=preamble)
+    return path
+
+
+def uploads_left(app) -> list[str]:
+    return sorted(str(p.relative_to(app.TEMP_DIR)) for p in Path(app.TEMP_DIR).rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------------------- the tests
+
+def test_import_does_not_launch_and_uses_a_private_temp_dir(app):
+    from gradio.utils import get_upload_folder
+
+    assert not app.demo.is_running  # first test of the module: no server fixture has run yet
+    assert Path(get_upload_folder()) == Path(app.TEMP_DIR)
+    assert Path(app.TEMP_DIR).stat().st_mode & 0o077 == 0  # private to this user
+    assert app.demo.delete_cache == app.DELETE_CACHE
+
+
+def test_labels_and_card_come_from_the_model_config(app, tmp_path):
+    import gradio as gr
+
+    folder = save_model(create_model(["no", "yes"], init="scratch", img_size=64).eval(), tmp_path / "two")
+    predictor = Predictor(str(folder))
+    demo = app.build_demo(predictor)
+    dropdowns = {b.label: b for b in demo.blocks.values() if isinstance(b, gr.Dropdown)}
+    assert [v for _, v in dropdowns["Class to explain"].choices] == ["predicted", "no", "yes"]
+    assert {"gradcam", "gradcam++", "eigencam"} <= {v for _, v in dropdowns["Explanation method"].choices}
+    card = app.card_markdown(predictor)
+    assert str(folder) in card and "Intended use" in card and "not a diagnostic device" in card
+    assert "without validation figures" in card  # an untrained model has no metrics: said, not crashed
+
+
+def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
+    out = subprocess.run([sys.executable, "-m", "brain_tumor.predict", "--json", "--model", str(tiny_model_dir),
+                          *map(str, EXAMPLES)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cli = {Path(r["path"]).name: r for r in json.loads(out.stdout)}
+    for path in EXAMPLES:
+        label, overlay_png, view_png, summary = ask(client, path)
+        assert label["label"] == cli[path.name]["label"], path.name
+        got = confidences(label)
+        assert got.keys() == cli[path.name]["probabilities"].keys()
+        for c, p in cli[path.name]["probabilities"].items():
+            assert got[c] == pytest.approx(p, abs=1e-5), (path.name, c)
+        overlay = np.asarray(Image.open(overlay_png))
+        view = np.asarray(Image.open(view_png))
+        assert overlay.shape == (512, 512, 3) and overlay.dtype == np.uint8
+        assert view.shape[:2] == (512, 512)
+        assert f"probability of a tumour at **{cli[path.name]['tumor_probability']:.1%}" in summary
+        assert "not a diagnostic device" in summary
+
+
+def test_dicom_monochrome1_and_2_give_the_answer_of_the_same_pixels(client, tmp_path):
+    gray = read_image(EXAMPLES[0])
+    reference = confidences(ask(client, EXAMPLES[0])[0])
+    files = [write_dicom(tmp_path / "mono2.dcm", [gray]),
+             write_dicom(tmp_path / "mono1.dcm", [gray], "MONOCHROME1"),
+             write_dicom(tmp_path / "no_extension", [gray])]  # DICOM recognised by its preamble
+    for f in files:
+        assert read_image(f).tolist() == gray.tolist()  # the window undoes the 16-bit scaling exactly
+        label, _, _, summary = ask(client, f)
+        assert confidences(label) == pytest.approx(reference, abs=1e-6), f.name
+        assert "SECRET" not in json.dumps(label) + summary
+
+
+def test_multiframe_dicom_frame_is_selectable(client, tmp_path):
+    grays = [read_image(p) for p in EXAMPLES[:3]]
+    multi = write_dicom(tmp_path / "series.dcm", grays)
+    for k in (0, 2):
+        expected = confidences(ask(client, EXAMPLES[k])[0])
+        assert confidences(ask(client, multi, frame=k)[0]) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("noise.png", bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)), "not a supported image"),
+    ("notes.png", b"this is text, not a scan\n", "not a supported image"),
+    ("empty.png", b"", "empty file"),
+])
+def test_bad_files_give_a_message_and_the_app_keeps_serving(client, tmp_path, name, content, reason):
+    from gradio_client.exceptions import AppError
+
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    with pytest.raises(AppError, match=reason):
+        ask(client, bad)
+    assert ask(client, EXAMPLES[0])[0]["label"]
+
+
+def test_dicom_without_pixels_and_unknown_class_are_refused(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    report = write_dicom(tmp_path / "report.dcm", [np.zeros((8, 8), np.uint8)])
+    import pydicom
+
+    ds = pydicom.dcmread(report)
+    del ds.PixelData
+    ds.save_as(report)
+    with pytest.raises(AppError, match="no pixel data") as e:
+        ask(client, report)
+    assert "SECRET" not in str(e.value)
+    with pytest.raises(AppError):
+        ask(client, EXAMPLES[0], target="astrocytoma")
+
+
+def test_too_large_upload_is_refused(url, client, tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):  # the client checks first
+        ask(client, big)
+    with open(big, "rb") as f:  # the server refuses it too (what a browser meets)
+        response = httpx.post(f"{url}gradio_api/upload", files={"files": ("big.png", f)}, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size" in response.text
+    assert ask(client, EXAMPLES[1])[0]["label"]
+
+
+def test_concurrent_requests_give_the_results_of_sequential_ones(app, url, client, tmp_path):
+    from gradio_client import Client
+
+    images = list(EXAMPLES)
+    for p in EXAMPLES[:4]:  # 4 more, all different: mirrored examples
+        mirrored = tmp_path / f"mirrored_{p.stem}.png"
+        Image.fromarray(read_image(p)[:, ::-1].copy()).save(mirrored)
+        images.append(mirrored)
+    methods = ["gradcam", "gradcam++", "eigencam"]
+    jobs = [(img, methods[i % 3]) for i, img in enumerate(images)]  # 12 requests
+
+    def answer(c, img, method):
+        label, overlay_png, _, _ = ask(c, img, method=method)
+        return confidences(label), np.asarray(Image.open(overlay_png))
+
+    sequential = [answer(client, img, m) for img, m in jobs]
+    concurrent: list = [None] * len(jobs)
+    errors: list = []
+
+    def worker(w: int) -> None:
+        try:
+            c = Client(url, verbose=False, download_files=str(tmp_path / f"dl{w}"))
+            for i in range(w, len(jobs), 4):
+                concurrent[i] = answer(c, *jobs[i])
+        except Exception as e:  # reported below, with the thread's error
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for (img, m), (p_seq, map_seq), (p_con, map_con) in zip(jobs, sequential, concurrent):
+        assert p_con == p_seq, (img.name, m)
+        assert np.array_equal(map_con, map_seq), (img.name, m)
+
+
+def test_uploads_do_not_linger_in_the_temp_dir(app, client, tmp_path):
+    private = tmp_path / "patient_scan_0001.png"
+    Image.fromarray(read_image(EXAMPLES[2])).save(private)
+    dicom = write_dicom(tmp_path / "patient_scan_0002.dcm", [read_image(EXAMPLES[3])])
+    ask(client, private)
+    ask(client, dicom)
+    left = uploads_left(app)
+    assert not [f for f in left if "patient_scan" in f], left
+    assert not [f for f in left if Path(app.TEMP_DIR, f).stat().st_size == 0], left  # no empty temp files
+
+
+def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
+    port = free_port()
+    env = {**os.environ, "BRAIN_TUMOR_MODEL": str(tiny_model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    assert r.status == 200 and b"Brain MRI tumour classifier" in r.read()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail(f"app.py did not serve on port {port}: {proc.stdout.read() if proc.poll() is not None else ''}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_python_app_py_reports_a_missing_model(tmp_path):
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "nowhere")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "model not found" in out.stderr
