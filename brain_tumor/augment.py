@@ -33,7 +33,7 @@ def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 1
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def intensity_curve(x: torch.Tensor, generator: torch.Generator, p: float = 0.5, knots: int = 6) -> torch.Tensor:
+def intensity_curve(x: torch.Tensor, generator: torch.Generator, p: float = 0.3, knots: int = 5) -> torch.Tensor:
     """With probability p per image, map intensities through a random piecewise-linear curve with f(0)=0.
 
     The curve need not be monotonic, so tissue contrasts get reordered the way a different MRI sequence
@@ -58,20 +58,20 @@ def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Gamma, contrast/brightness, blur and noise, each at random strength per image."""
     n = x.shape[0]
     r = torch.rand(n, 5, generator=generator)
-    gamma = torch.exp((r[:, 0] * 2 - 1) * math.log(2.0)).view(n, 1, 1, 1)  # 0.5 .. 2
+    gamma = torch.exp((r[:, 0] * 2 - 1) * math.log(1.6)).view(n, 1, 1, 1)  # 0.625 .. 1.6
     x = x.clamp(0, 1) ** gamma
-    contrast = (0.7 + 0.6 * r[:, 1]).view(n, 1, 1, 1)
-    bright = ((r[:, 2] - 0.5) * 0.2).view(n, 1, 1, 1)
+    contrast = (0.8 + 0.4 * r[:, 1]).view(n, 1, 1, 1)
+    bright = ((r[:, 2] - 0.5) * 0.1).view(n, 1, 1, 1)
     x = (x * contrast + bright * (x > 0.02)).clamp(0, 1)
-    blur = r[:, 3] < 0.25
+    blur = r[:, 3] < 0.2
     if blur.any():
         k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
         k = (k[:, None] * k[None, :]) / 256.0
         c = x.shape[1]
         kernel = k.expand(c, 1, 5, 5).contiguous()
         x[blur] = F.conv2d(F.pad(x[blur], (2, 2, 2, 2), mode="replicate"), kernel, groups=c)
-    noisy = (r[:, 4] < 0.3).float().view(n, 1, 1, 1)
-    x = x + noisy * 0.03 * torch.randn(x.shape, generator=generator)
+    noisy = (r[:, 4] < 0.2).float().view(n, 1, 1, 1)
+    x = x + noisy * 0.02 * torch.randn(x.shape, generator=generator)
     return x.clamp(0, 1)
 
 
