@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import sys
 from collections import Counter
@@ -32,6 +33,9 @@ from .config import (DICOM_SUFFIXES, IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD
                      canonical_class)
 
 PathLike = Union[str, os.PathLike]
+
+
+MAX_SIDE = math.isqrt(MAX_PIXELS)  # the square an image is padded to stays within MAX_PIXELS
 
 
 class ImageReadError(ValueError):
@@ -116,9 +120,11 @@ def _image_format(head: bytes) -> Optional[str]:
 
 
 def _check_pixels(w: int, h: int) -> None:
-    if w * h > MAX_PIXELS:
-        raise ImageReadError(f"image too large: {w} x {h} pixels (limit {MAX_PIXELS // 1_000_000} megapixels); "
-                             "possibly a decompression bomb")
+    """Refuse before decoding what would cost too much: more than MAX_PIXELS, or a side longer than MAX_SIDE
+    (a 1 x 60000 strip is padded to a 60000 x 60000 square by ``prepare``, and its heat map with it)."""
+    if w * h > MAX_PIXELS or max(w, h) > MAX_SIDE:
+        raise ImageReadError(f"image too large: {w} x {h} pixels (limit {MAX_PIXELS // 1_000_000} megapixels, "
+                             f"{MAX_SIDE} pixels a side); possibly a decompression bomb")
     if w < 1 or h < 1:
         raise ImageReadError("image has no pixels")
 

@@ -209,6 +209,7 @@ BAD = {
     "corrupt_huffman": ("huff.jpg", lambda: corrupt_huffman(jpeg(slice_())), "corrupt"),
     "png_bad_header_crc": ("crc.png", lambda: bad_ihdr_crc(png(slice_())), "PNG"),
     "bomb": ("bomb.png", bomb_png, "too large"),
+    "needle": ("needle.png", lambda: png(np.zeros((2, 20000), np.uint8)), "too large"),  # padded square: 400 MP
     "dicom_report": ("report.dcm", lambda: dicom(None), "no pixel data"),
     "dicom_truncated": ("cut.dcm", lambda: dicom(np.zeros((64, 64), np.uint16) + 7)[:2000], "truncated"),
     "dicom_jpeg_ls": ("jls.dcm", lambda: jpeg_ls_dicom(slice_()), "JPEG-LS"),
@@ -393,6 +394,23 @@ def test_dicom_multi_frame_picks_a_slice():
     assert read_image(data, frame=0)[15].argmax() == 0 and read_image(data, frame=4)[15].argmax() == 32
     with pytest.raises(ImageReadError, match="out of range"):
         read_image(data, frame=5)
+
+
+@pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
+def test_dicom_colour_comes_out_as_its_luminance(photometric):
+    """pydicom hands back RGB whatever the photometric interpretation: converting again would garble it."""
+    import pydicom
+    from pydicom.pixels import convert_color_space
+
+    img = slice_()
+    rgb = np.stack([img, img, img], -1)
+    ds = pydicom.dcmread(io.BytesIO(dicom(img)))
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, photometric, 0
+    ds.PixelData = (rgb if photometric == "RGB" else convert_color_space(rgb, "RGB", photometric)).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    lo, hi = img.min(), img.max()
+    assert np.abs(read_image(buf.getvalue()) - np.round((img.astype(float) - lo) * 255 / (hi - lo))).max() <= 1
 
 
 def test_dicom_jpeg_baseline_decodes():
