@@ -61,15 +61,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def summary(pred: Prediction, predictor: Predictor) -> str:
     """The answer in words: verdict, tumour probability, and what the heat map is."""
     if not pred.looks_like_mri:
-        lines = [f"**{pred.verdict.capitalize()}.** The probabilities below are not meaningful for this image."]
+        lines = [f"**{pred.verdict}.** The probabilities below are not meaningful for this image."]
     elif pred.needs_review:
-        lines = [f"**{pred.verdict.capitalize()}.** Confidence {pred.confidence:.1%} is below the model's "
-                 f"threshold of {predictor.config.abstain_below:.0%}."]
+        lines = [f"**{pred.verdict}.** Confidence {pred.confidence:.1%} is below the model's threshold of "
+                 f"{predictor.config.abstain_below:.0%}."]
     else:
         lines = [f"**Answer: {pred.label}** (confidence {pred.confidence:.1%})."]
-    if predictor.config.no_tumor_indices:
+    if predictor.config.no_tumor_indices and pred.looks_like_mri:
         p = pred.tumor_probability
-        words = ("very likely" if p >= 0.95 else "likely" if p >= 0.5 else "unlikely" if p > 0.05 else "very unlikely")
+        words = "very likely" if p >= 0.95 else "likely" if p >= 0.5 else "unlikely" if p > 0.05 else "very unlikely"
         lines.append(f"The model puts the probability of a tumour at **{p:.1%}**: a tumour is {words}.")
     if pred.heatmap is not None:
         lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for *{pred.heatmap_class}*. "
@@ -179,7 +179,7 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                                      label="Explanation method")
                 target = gr.Dropdown([("the predicted class", PREDICTED)] + predictor.classes, value=PREDICTED,
                                      label="Class to explain")
-                opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heat-map opacity")
+                opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heat-map opacity", elem_id="opacity")
                 gr.Examples([[str(p)] for p in EXAMPLES], inputs=[scan], label="Examples (click one)",
                             example_labels=[p.stem.replace("_", " ") for p in EXAMPLES], cache_examples=False,
                             examples_per_page=len(EXAMPLES) or 10)

@@ -121,6 +121,16 @@ def test_labels_and_card_come_from_the_model_config(app, tmp_path):
     assert "without validation figures" in card  # an untrained model has no metrics: said, not crashed
 
 
+def test_summary_says_uncertain_and_not_mri_in_words(app):
+    pred = app.predictor.predict([read_image(EXAMPLES[0])], heatmaps=True)[0]
+    assert f"**Answer: {pred.label}**" in app.summary(pred, app.predictor)
+    pred.needs_review = True
+    assert "uncertain — needs review" in app.summary(pred, app.predictor)
+    pred.looks_like_mri = False
+    text = app.summary(pred, app.predictor)
+    assert "does not look like a brain MRI" in text and "probability of a tumour" not in text
+
+
 def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
     out = subprocess.run([sys.executable, "-m", "brain_tumor.predict", "--json", "--model", str(tiny_model_dir),
                           *map(str, EXAMPLES)], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -160,6 +170,21 @@ def test_multiframe_dicom_frame_is_selectable(client, tmp_path):
     for k in (0, 2):
         expected = confidences(ask(client, EXAMPLES[k])[0])
         assert confidences(ask(client, multi, frame=k)[0]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_session_re_picks_a_slice_after_its_upload_is_deleted(app, tmp_path):
+    from brain_tumor.data import ImageReadError
+
+    grays = [read_image(p) for p in EXAMPLES[:3]]
+    upload = Path(app.TEMP_DIR, "upload-test", "series.dcm")
+    upload.parent.mkdir()
+    write_dicom(upload, grays)
+    gray, state = app._decode(str(upload), 1, None)
+    assert not upload.exists() and np.array_equal(gray, grays[1])
+    gray, state = app._decode(str(upload), 2, state)  # the slider moved: decoded from the session's copy
+    assert np.array_equal(gray, grays[2]) and state["frame"] == 2
+    with pytest.raises(ImageReadError, match="no longer available"):
+        app._decode(str(upload), 0, None)  # another session cannot read it
 
 
 @pytest.mark.parametrize("name,content,reason", [
