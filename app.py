@@ -17,6 +17,7 @@ import html
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -222,6 +223,7 @@ except ModelLoadError as e:
 demo = build_demo(predictor)
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit, so the private temp dir is removed
     launch(demo, share=_ARGS.share, port=_ARGS.port, prevent_thread_lock=True)
     if _ARGS.share and not demo.share_url:
         print("\nNo public share link: it needs a connection to gradio.live, which failed here. "
