@@ -134,7 +134,7 @@ def _heatmap_figures(predictor: Predictor, folder: ImageFolder, results, ok: lis
             mask = box_mask(heat.shape, box)
             hits.append(pointing_hit(heat, mask))
             in_box.append(heat_share(heat, mask))
-    out: dict[str, Any] = {"heatmap_method": "gradcam", "heatmap_layer": predictor.config.cam_layer,
+    out: dict[str, Any] = {"heatmap_method": predictor.config.cam_method, "heatmap_layer": predictor.config.cam_layer,
                            "heat_in_head": float(np.mean(in_head)) if in_head else None}
     if hits:
         out.update({"pointing_game": float(np.mean(hits)), "heat_in_box": float(np.mean(in_box)), "n_boxes": len(hits)})

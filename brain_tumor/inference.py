@@ -104,11 +104,11 @@ class Predictor:
             return ~blank
         return (self.model.ood_distance(features).numpy() <= self.config.ood_threshold) & ~blank
 
-    def predict(self, grays: Sequence[np.ndarray], heatmaps: bool = False, method: str = "gradcam",
+    def predict(self, grays: Sequence[np.ndarray], heatmaps: bool = False, method: Optional[str] = None,
                 target: Optional[Union[str, int]] = None, batch_size: int = 32) -> list[Prediction]:
         """Predict a list of H x W uint8 slices; with ``heatmaps``, also the map of ``target`` (default: the
         predicted class) by ``method``. Grad-CAM/Grad-CAM++ come from the prediction's own forward pass."""
-        method = check_method(method)
+        method = check_method(method or self.config.cam_method)
         target_index = self._class_index(target) if target is not None else None
         prepared = [self.prepare(g) for g in grays]
         out: list[Prediction] = []
@@ -164,7 +164,7 @@ class Predictor:
         return self.classes.index(target)
 
     def predict_files(self, paths: Sequence[Union[str, os.PathLike]], heatmaps: bool = False,
-                      method: str = "gradcam", batch_size: int = 32
+                      method: Optional[str] = None, batch_size: int = 32
                       ) -> list[Union[Prediction, ImageReadError]]:
         """Read and predict files in batches; an unreadable file yields its ImageReadError in its place."""
         results: list[Union[Prediction, ImageReadError, None]] = [None] * len(paths)

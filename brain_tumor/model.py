@@ -46,7 +46,8 @@ class ModelConfig:
     architecture: str = "resnet18"
     dropout: float = 0.2
     temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
-    cam_layer: str = "layer4"  # Grad-CAM target layer
+    cam_layer: str = "layer4"  # heat-map target layer, chosen by benchmarks/heatmaps.py
+    cam_method: str = "gradcam"  # default heat-map method, chosen the same way
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
         "crop": "square around the head mask (Otsu, largest component), 4% margin, zero padding",
@@ -73,9 +74,25 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         known = {f for f in cls.__dataclass_fields__}
-        if "class_names" not in d:
-            raise ModelLoadError("config.json has no class_names: not a brain_tumor model folder")
+        _check_config(d)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _check_config(d: Any) -> None:
+    """Refuse a config.json whose fields would fail later, in the middle of serving, with a worse message."""
+    if not isinstance(d, dict) or "class_names" not in d:
+        raise ModelLoadError("config.json has no class_names: not a brain_tumor model folder")
+    names, size = d["class_names"], d.get("img_size", 224)
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(c, str) for c in names):
+        raise ModelLoadError(f"config.json class_names must be a list of two or more names, got {str(names)[:80]}")
+    if not isinstance(size, int) or size < 8:
+        raise ModelLoadError(f"config.json img_size must be a whole number of pixels, got {str(size)[:20]}")
+    for key in ("mean", "std"):
+        value = d.get(key, [1.0, 1.0, 1.0])
+        if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+            raise ModelLoadError(f"config.json {key} must be three numbers, got {str(value)[:40]}")
+    if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
+        raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
 
 
 class TumorClassifier(nn.Module):
@@ -127,7 +144,8 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
     weights = ResNet18_Weights.IMAGENET1K_V1
     cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     try:
-        return weights.get_state_dict(progress=True)
+        # torch.hub unpickles with weights_only=False by default: a tampered cache file would run code
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as e:
         raise ModelLoadError(
             f"ImageNet weights for ResNet18 could not be loaded ({type(e).__name__}: {str(e)[:120]}).\n"
@@ -153,8 +171,11 @@ def create_model(class_names: Sequence[str], init: str = "scratch", img_size: in
         if path.is_dir():
             path = path / WEIGHTS_NAME
         if not path.exists():
-            raise ValueError(f"--init must be 'imagenet', 'scratch' or a .safetensors file / model folder; "
-                             f"{init!r} is none of these")
+            unsafe = _pickles_in(path.parent) if path.name == WEIGHTS_NAME else []
+            hint = f" ({path.parent} holds {unsafe}: pickle checkpoints are refused; convert to safetensors)" \
+                if unsafe else ""
+            raise ModelLoadError(f"--init must be 'imagenet', 'scratch' or a .safetensors file / model folder; "
+                                 f"{init!r} is none of these{hint}")
         state = {k.removeprefix("net."): v for k, v in _read_safetensors(path).items()}
         if any(k.startswith("conv1") for k in state):  # plain torchvision resnet18 keys
             state = {k: v for k, v in state.items() if not k.startswith(("fc.", "ood."))}
@@ -168,6 +189,10 @@ def create_model(class_names: Sequence[str], init: str = "scratch", img_size: in
     return model
 
 
+def _pickles_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*") if p.suffix.lower() in _UNSAFE_SUFFIXES)
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -179,6 +204,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as e:
         raise ModelLoadError(f"{path.name} is not a valid safetensors file ({str(e)[:120]})") from None
+
+
+def _detail(e: Exception) -> str:
+    """The first informative line of a load_state_dict error (its first line is only a heading)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
 
 
 def save_model(model: TumorClassifier, folder: Union[str, os.PathLike], fp16: bool = True) -> Path:
@@ -247,17 +278,23 @@ def load_model(source: Optional[str] = None, revision: Optional[str] = None) -> 
     folder, description = resolve_source(source, revision)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not weights_path.exists():
-        unsafe = [p.name for p in folder.glob("*") if p.suffix.lower() in _UNSAFE_SUFFIXES]
+        unsafe = _pickles_in(folder)
         hint = f" (found {unsafe}: pickle checkpoints are refused; convert to safetensors)" if unsafe else ""
         raise ModelLoadError(f"no {WEIGHTS_NAME} in {folder}{hint}")
     if not config_path.exists():
         raise ModelLoadError(f"no {CONFIG_NAME} in {folder}: the checkpoint must describe itself")
     try:
         config = ModelConfig.from_dict(json.loads(config_path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelLoadError(f"{config_path} is not a valid model config: {e}") from None
-    model = TumorClassifier(config)
+        model = TumorClassifier(config)
+    except ModelLoadError:
+        raise
+    except (ValueError, TypeError) as e:  # not JSON, not UTF-8, or fields of the wrong kind
+        raise ModelLoadError(f"{config_path} is not a valid model config: {str(e)[:160]}") from None
     state = _read_safetensors(weights_path)
+    head = state.get("fc.1.weight")
+    if head is not None and head.shape[0] != len(config.class_names):
+        raise ModelLoadError(f"weights in {folder} do not match its config: {WEIGHTS_NAME} has a {head.shape[0]}-class "
+                             f"head, {CONFIG_NAME} lists {len(config.class_names)} classes {str(config.class_names)[:120]}")
     try:
         for k in ("mean", "precision"):
             if f"ood.{k}" in state:
@@ -265,6 +302,6 @@ def load_model(source: Optional[str] = None, revision: Optional[str] = None) -> 
         model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise ModelLoadError(f"weights in {folder} do not match its config ({len(config.class_names)} classes "
-                             f"{config.class_names}): {str(e).splitlines()[0][:200]}") from None
+                             f"{str(config.class_names)[:120]}): {_detail(e)}") from None
     model.source = description
     return model.eval()

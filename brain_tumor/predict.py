@@ -66,12 +66,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--model", default=None, help="model folder or Hub id user/name[@rev] (default: bundled)")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     parser.add_argument("--heatmaps", metavar="DIR", help="write each input's heat map as DIR/<relative path>.npy")
-    parser.add_argument("--method", default="gradcam", help="heat-map method (gradcam, gradcam++, eigencam, ...)")
+    parser.add_argument("--method", default=None,
+                        help="heat-map method (gradcam, gradcam++, eigencam, ...; default: the model's own choice)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = parser.parse_args(None if argv is None else list(argv))
     try:
-        method = check_method(args.method)
+        method = check_method(args.method) if args.method else None
         predictor = Predictor(args.model, threads=args.threads or None)
     except (ModelLoadError, ValueError) as e:
         print(_printable(f"error: {e}", sys.stderr), file=sys.stderr)
