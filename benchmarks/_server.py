@@ -146,24 +146,28 @@ class App:
             code = None if self.proc is None else self.proc.returncode
             raise RuntimeError(f"the app exited (code {code}) before answering; its log ends:\n{self.log_tail()}")
 
-    def client(self):
-        """A new gradio_client for this app, with its own download folder."""
+    def download_dir(self) -> str:
+        """A new folder for one client's output files, removed when the app stops."""
         downloads = self.workdir / "downloads"
         downloads.mkdir(exist_ok=True)
-        return make_client(self.url, tempfile.mkdtemp(dir=downloads))
+        return tempfile.mkdtemp(dir=downloads)
+
+    def client(self):
+        """A new gradio_client for this app, with its own download folder."""
+        return make_client(self.url, self.download_dir())
 
     def wait_for_answer(self, image, timeout: float = 180.0) -> tuple[Any, float, float]:
         """Poll until the server accepts a client, then ask /predict once.
 
         Returns (client, seconds from launch to a connected client, seconds from launch to the first answer)."""
         deadline = self.started_at + timeout
-        client = None
+        client, folder = None, self.download_dir()
         while client is None:
             self._check_alive()
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"the app did not come up within {timeout:.0f} s; its log ends:\n{self.log_tail()}")
             try:
-                client = self.client()
+                client = make_client(self.url, folder)
             except Exception:  # not listening yet: connection refused, or the config is not served yet
                 time.sleep(0.1)
         connected = time.perf_counter() - self.started_at
