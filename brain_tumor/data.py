@@ -283,8 +283,10 @@ def dicom_to_gray(ds, arr: np.ndarray, frame: Optional[int] = None) -> np.ndarra
         if slope is not None and intercept is not None:
             values *= slope
             values += intercept
+    if not np.isfinite(values).all():  # absurd rescale values overflow float32
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
-    if center is not None and width is not None and width > 1:
+    if center is not None and width is not None and math.isfinite(center) and 1 < width < math.inf:
         lo, hi = center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
         values -= lo
         values *= 255.0 / (hi - lo)

@@ -426,9 +426,10 @@ def test_dicom_unsupported_syntax_names_it():
     assert_short_message(str(info.value))
 
 
-def test_dicom_errors_never_show_patient_fields():
+def test_dicom_errors_never_show_patient_fields(caplog):
     cases = [dicom(None), dicom(slice_())[:1500], dicom(slice_())[:-100], jpeg_ls_dicom(slice_()),
              dicom(slice_(), window=(40, 80)).replace(b"40", b"xy"), dicom(slice_()).replace(b"19010203", b"1901BAD3")]
+    caplog.set_level("DEBUG")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for data in cases:
@@ -437,6 +438,7 @@ def test_dicom_errors_never_show_patient_fields():
             except ImageReadError as e:
                 assert_short_message(str(e))
     assert not any(s in str(w.message) for w in caught for s in SECRETS)
+    assert not any(s in caplog.text for s in SECRETS)  # pydicom logs through the logging module
 
 
 # -------------------------------------------------------------------------------------------------- CLI
