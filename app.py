@@ -67,16 +67,27 @@ def summary(pred: Prediction, predictor: Predictor) -> str:
         lines = [f"**{pred.verdict}.** Confidence {pred.confidence:.1%} is below the model's threshold of "
                  f"{predictor.config.abstain_below:.0%}."]
     else:
-        lines = [f"**Answer: {pred.label}** (confidence {pred.confidence:.1%})."]
+        lines = [f"**Answer: {pred.label}** (confidence {pred.confidence:.1%}; uncertainty {pred.uncertainty:.2f} "
+                 "on a 0-1 scale)."]
     if predictor.config.no_tumor_indices and pred.looks_like_mri:
         p = pred.tumor_probability
         words = "very likely" if p >= 0.95 else "likely" if p >= 0.5 else "unlikely" if p > 0.05 else "very unlikely"
         lines.append(f"The model puts the probability of a tumour at **{p:.1%}**: a tumour is {words}.")
     if pred.heatmap is not None:
         lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for *{pred.heatmap_class}*. "
-                     "It shows what drove the network, not an outline of a tumour.")
+                     "It shows what drove the network, not an outline of a tumour." + heatmap_quality(predictor))
     lines.append(f"_{DISCLAIMER}_")
     return "\n\n".join(lines)
+
+
+def heatmap_quality(predictor: Predictor) -> str:
+    """One line on how good the default maps measured (config.metrics['heatmaps']), or nothing."""
+    h = (predictor.config.metrics or {}).get("heatmaps") or {}
+    if "pointing_game" not in h:
+        return ""
+    return (f" Measured on {h.get('n_boxes', '?')} tumour slices with boxes, the default map's peak fell inside the "
+            f"tumour box {h['pointing_game']:.0%} of the time, and {h.get('heat_in_head', 0):.0%} of its heat lay "
+            "inside the head.")
 
 
 def card_markdown(predictor: Predictor) -> str:
@@ -138,7 +149,8 @@ def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[A
 def build_demo(predictor: Predictor) -> gr.Blocks:
     """The Blocks app for one loaded model. Labels come from the model's config, never from this file."""
 
-    def predict(scan: Optional[dict], frame: float = 0, method: str = "gradcam", target: str = PREDICTED,
+    def predict(scan: Optional[dict], frame: float = 0, method: str = predictor.config.cam_method,
+                target: str = PREDICTED,
                 opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
         """Classify one MRI slice; returns class confidences, heat-map overlay, model's view, summary."""
         if not scan:
@@ -176,7 +188,7 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             with gr.Column(scale=1):
                 scan = gr.File(label="MRI slice (JPEG, PNG, BMP, TIFF, WebP, DICOM)", type="filepath", elem_id="scan")
                 frame = gr.Slider(0, 1, value=0, step=1, label="Slice (multi-frame DICOM)", visible=False)
-                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value="gradcam",
+                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=predictor.config.cam_method,
                                      label="Explanation method")
                 target = gr.Dropdown([("the predicted class", PREDICTED)] + predictor.classes, value=PREDICTED,
                                      label="Class to explain")
