@@ -14,6 +14,35 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _trust_section(config: ModelConfig) -> list[str]:
+    """'How far to trust it': heat maps, calibration, abstention, the MRI check -- whatever was measured."""
+    m = config.metrics or {}
+    lines = ["", "## How far to trust it"]
+    h = m.get("heatmaps")
+    if h:
+        lines.append(f"- Heat maps: {h.get('method', config.cam_method)} at {h.get('layer', config.cam_layer)}. On "
+                     f"{h.get('n_boxes')} tumour slices with boxes ({h.get('data', 'figshare sample')}): pointing game "
+                     f"{_fmt(h.get('pointing_game'))}, heat inside the box {_fmt(h.get('heat_in_box'))}, heat inside "
+                     f"the head {_fmt(h.get('heat_in_head'))}. {h.get('why', '')}")
+    c = m.get("calibration")
+    if c:
+        lines.append(f"- Calibration: temperature {c['temperature']:.2f} fitted on the grouped validation split; "
+                     f"ECE {_fmt(c['ece_uncalibrated'])} before, {_fmt(c['ece'])} after (same split, so optimistic).")
+        lines.append(f"- Abstention: below a calibrated confidence of {c['abstain_below']:.2f} the answer is "
+                     f"'uncertain — needs review' ({_fmt(c['abstain_rate'])} of validation images); error on the "
+                     f"answered rest {_fmt(c.get('error_when_answering'))}; error on the 90% most confident "
+                     f"{_fmt(c['error_at_90_coverage'])}. `uncertainty` is the normalised entropy of the "
+                     "calibrated probabilities.")
+    d = m.get("mri_detector")
+    if d:
+        lines.append(f"- 'Looks like a brain MRI': {d['method']}, threshold at the {d['quantile_of_validation_mris']:.1%} "
+                     f"quantile of validation MRIs (flags {_fmt(d['validation_mris_flagged'])} of them), plus a blank-"
+                     f"image check. On {d.get('non_mri_images', 'n/a')} non-MRI images it never saw (photos, "
+                     f"drawings, screenshots, text, noise, CT/ultrasound) it flags {_fmt(d.get('non_mri_flagged'))}."
+                     + (f" Missed: {', '.join(d['missed'][:8])}." if d.get("missed") else ""))
+    return lines if len(lines) > 2 else []
+
+
 def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
     """Markdown model card with Hub front matter: data, validation figures, intended use, limitations."""
     m = config.metrics or {}
@@ -66,9 +95,7 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
         t = m["test"]
         lines += ["", f"Testing split: accuracy {_fmt(t.get('accuracy'))} on {t.get('n')} images (note: most "
                   "Testing images have a near-duplicate in Training)."]
-    for key, title in (("heatmaps", "Heat maps"), ("mri_detector", "Out-of-distribution check")):
-        if key in m:
-            lines += ["", f"## {title}", "```", json.dumps(m[key], indent=1), "```"]
+    lines += _trust_section(config)
     lines += [
         "",
         "## Training",
