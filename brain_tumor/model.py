@@ -156,7 +156,8 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
 def create_model(class_names: Sequence[str], init: str = "scratch", img_size: int = 224,
                  dropout: float = 0.2) -> TumorClassifier:
     """Build the classifier. ``init``: 'scratch', 'imagenet' (torchvision's IMAGENET1K_V1, from its cache or
-    the network), or a path to a .safetensors file / model folder whose backbone weights are reused.
+    the network), or a path to a .safetensors file / model folder whose backbone weights are reused (and its
+    head too, when the folder's config.json names the same classes: fine-tuning a model further).
 
     >>> net = create_model(["no", "yes"], init="scratch", img_size=128)
     """
@@ -178,7 +179,9 @@ def create_model(class_names: Sequence[str], init: str = "scratch", img_size: in
                                  f"{init!r} is none of these{hint}")
         state = {k.removeprefix("net."): v for k, v in _read_safetensors(path).items()}
         if any(k.startswith("conv1") for k in state):  # plain torchvision resnet18 keys
-            state = {k: v for k, v in state.items() if not k.startswith(("fc.", "ood."))}
+            keep_head = _same_classes(path.parent / CONFIG_NAME, config.class_names)
+            state = {k: v for k, v in state.items()
+                     if not k.startswith("ood.") and (keep_head or not k.startswith("fc."))}
         else:
             raise ModelLoadError(f"{path} does not hold ResNet18 weights")
     missing, unexpected = model.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -187,6 +190,13 @@ def create_model(class_names: Sequence[str], init: str = "scratch", img_size: in
         raise ModelLoadError(f"initial weights do not match ResNet18: missing {backbone_missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
     return model
+
+
+def _same_classes(config_path: Path, class_names: Sequence[str]) -> bool:
+    try:
+        return json.loads(config_path.read_text()).get("class_names") == list(class_names)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _pickles_in(folder: Path) -> list[str]:

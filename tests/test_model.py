@@ -157,3 +157,11 @@ def test_init_from_a_local_safetensors_model(tiny_model_dir):
     assert torch.equal(model.net.layer1[0].conv1.weight, reference.net.layer1[0].conv1.weight)
     with pytest.raises(ValueError, match="imagenet"):
         create_model(CLASSES, init="no/such/path.safetensors")
+
+
+def test_init_from_a_model_with_the_same_classes_keeps_its_head(tiny_model_dir):
+    reference = load_model(str(tiny_model_dir))
+    same = create_model(CLASSES, init=str(tiny_model_dir), img_size=64)
+    assert torch.equal(same.net.fc[1].weight, reference.net.fc[1].weight)
+    other = create_model(["a", "b", "c", "d"], init=str(tiny_model_dir), img_size=64)
+    assert not torch.equal(other.net.fc[1].weight, reference.net.fc[1].weight)
