@@ -7,6 +7,7 @@ tumour boxes, and heat inside the head on those and on other slices.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_b
 from brain_tumor.inference import Predictor
 
 
-def score(predictor: Predictor, grays, boxes, method: str, layer: str) -> dict:
+def score(predictor: Predictor, grays, boxes, method: str, layer: str, power: float = 1.0) -> dict:
     predictor.config.cam_layer = layer
+    predictor.config.cam_power = power
     preds = predictor.predict(grays, heatmaps=True, method=method)
     hits, in_box, in_head = [], [], []
     for gray, box, p in zip(grays, boxes, preds):
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-heads", type=int, default=200)
     ap.add_argument("--layers", default="layer2,layer3,layer4")
     ap.add_argument("--methods", default="gradcam,gradcam++")
+    ap.add_argument("--powers", default="1", help="map exponents to try, e.g. 1,2")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
@@ -55,17 +58,18 @@ def main(argv=None) -> int:
         rng = np.random.default_rng(0)
         head_grays = [read_image(pool[i]) for i in rng.choice(len(pool), min(args.n_heads, len(pool)), replace=False)]
     rows = []
-    for layer in args.layers.split(","):
-        for method in args.methods.split(","):
-            r = score(predictor, box_grays, boxes, method, layer)
-            if head_grays:
-                r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
-                                                       method, layer)["heat_in_head"]
-            rows.append({"layer": layer, "method": method, **r})
-            print(f"{layer:<8}{method:<11} pointing {r['pointing_game']:.3f}  in box {r['heat_in_box']:.3f}  "
-                  f"in head {r['heat_in_head']:.3f}" + (f"  in head (other slices) {r['heat_in_head_other_slices']:.3f}"
-                                                         if head_grays else ""), flush=True)
-    predictor.config.cam_layer = original_layer
+    original_power = predictor.config.cam_power
+    powers = [float(v) for v in args.powers.split(",")]
+    for layer, method, power in itertools.product(args.layers.split(","), args.methods.split(","), powers):
+        r = score(predictor, box_grays, boxes, method, layer, power)
+        if head_grays:
+            r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
+                                                   method, layer, power)["heat_in_head"]
+        rows.append({"layer": layer, "method": method, "power": power, **r})
+        print(f"{layer:<8}{method:<11} power {power:g}  pointing {r['pointing_game']:.3f}  in box {r['heat_in_box']:.3f}  "
+              f"in head {r['heat_in_head']:.3f}" + (f"  in head (other slices) {r['heat_in_head_other_slices']:.3f}"
+                                                     if head_grays else ""), flush=True)
+    predictor.config.cam_layer, predictor.config.cam_power = original_layer, original_power
     out = {"model": predictor.source, "boxes": args.boxes, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")

@@ -132,6 +132,8 @@ class Predictor:
                     if heatmaps:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
                         maps = compute_with_library(self.model, x, classes, method, self.config.cam_layer)
+            if maps is not None and self.config.cam_power != 1.0:
+                maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
             mri = self._looks_like_mri(features, grays[start:start + batch_size])
             for i, (img, crop) in enumerate(chunk):
                 p = self._prediction(probs[i], img, crop, None if maps is None else maps[i],

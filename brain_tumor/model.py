@@ -48,6 +48,7 @@ class ModelConfig:
     temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
     cam_layer: str = "layer4"  # heat-map target layer, chosen by benchmarks/heatmaps.py
     cam_method: str = "gradcam"  # default heat-map method, chosen the same way
+    cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
         "crop": "square around the head mask (Otsu, largest component), 4% margin, zero padding",
