@@ -1,8 +1,11 @@
 """Choose the heat-map layer and method by measurement: pointing game and heat inside the box on slices with
 tumour boxes, and heat inside the head on those and on other slices.
 
-    python -m benchmarks.heatmaps --boxes ../shared/data/tumor-boxes-sample \
-        --heads ../shared/data/brain-tumor-mri/Training --json heatmaps.json
+    python -m benchmarks.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
+        --heads VALIDATION_DIR --json heatmaps.json --apply
+
+``--apply`` writes the best row (pointing game + half the heat-in-box share) into the model folder's
+config.json (cam_layer, cam_method, cam_power, metrics["heatmaps"]) and refreshes its model card.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default="gradcam,gradcam++")
     ap.add_argument("--powers", default="1", help="map exponents to try, e.g. 1,2")
     ap.add_argument("--json")
+    ap.add_argument("--apply", action="store_true", help="store the best choice in the (local) model folder")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
     original_layer = predictor.config.cam_layer
@@ -73,7 +77,30 @@ def main(argv=None) -> int:
     out = {"model": predictor.source, "boxes": args.boxes, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    if args.apply:
+        apply_best(Path(predictor.source), rows, args.boxes)
     return 0
+
+
+def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
+    """Store the best layer/method/power and its figures in a model folder (config.json + model card)."""
+    from brain_tumor.hub import write_model_card
+    from brain_tumor.model import load_model, save_model
+
+    best = max(rows, key=lambda r: (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0))
+    model = load_model(str(folder))
+    c = model.config
+    c.cam_layer, c.cam_method, c.cam_power = best["layer"], best["method"], best["power"]
+    c.metrics["heatmaps"] = {
+        **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
+                                     "heat_in_head", "heat_in_head_other_slices")},
+        "data": f"{boxes} ({best['n_boxes']} slices)",
+        "why": "Chosen as the best pointing game (+ half the heat-in-box share) of "
+               + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}"
+                           for r in rows) + " (python -m benchmarks.heatmaps)."}
+    save_model(model, folder)
+    write_model_card(folder, c)
+    print(f"applied to {folder}: {c.cam_method} at {c.cam_layer}, power {c.cam_power:g}")
 
 
 if __name__ == "__main__":
