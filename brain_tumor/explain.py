@@ -151,6 +151,7 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarr
     if heat.shape != gray.shape:
         heat = cv2.resize(heat.astype(np.float32), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
     alpha = float(np.clip(alpha, 0.0, 1.0))
-    colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)[:, :, ::-1]
-    base = np.repeat(gray[:, :, None], 3, axis=2).astype(np.float32)
-    return np.clip((1 - alpha) * base + alpha * colour, 0, 255).astype(np.uint8)
+    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    blended = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)  # uint8 arithmetic, saturating
+    return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
