@@ -583,6 +583,15 @@ def load_prepared(paths: Sequence[PathLike], size: int, progress: bool = True
 
 # ------------------------------------------------------------------------------------------- inspection CLI
 
+def _colour_mode(path: Path) -> str:
+    """Pillow's mode of the stored image (L, RGB, I;16, ...), or 'DICOM' for what Pillow cannot open."""
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except (OSError, UnidentifiedImageError, ValueError):
+        return "DICOM"
+
+
 def describe(root: PathLike, dup_threshold: float = 0.95) -> str:
     """A text report: counts, sizes and colour modes per class, shortcut flags, near-duplicate groups."""
     splits = find_splits(root)
@@ -596,21 +605,14 @@ def describe(root: PathLike, dup_threshold: float = 0.95) -> str:
         for p, y in zip(folder.paths, folder.labels):
             c = folder.classes[y]
             try:
-                with Image.open(p) as im:
-                    sizes_by_class.setdefault(c, []).append(im.size)
-                    modes_by_class.setdefault(c, Counter())[im.mode] += 1
                 gray = read_image(p)
-                all_thumbs.append(thumbnail(gray))
-                all_split.append(split)
-            except Exception:
-                try:
-                    gray = read_image(p)
-                    sizes_by_class.setdefault(c, []).append(gray.shape[::-1])
-                    modes_by_class.setdefault(c, Counter())["DICOM"] += 1
-                    all_thumbs.append(thumbnail(gray))
-                    all_split.append(split)
-                except ImageReadError:
-                    bad += 1
+            except ImageReadError:
+                bad += 1
+                continue
+            sizes_by_class.setdefault(c, []).append(gray.shape[::-1])
+            modes_by_class.setdefault(c, Counter())[_colour_mode(p)] += 1
+            all_thumbs.append(thumbnail(gray))
+            all_split.append(split)
         lines.append(f"  {'class':<14}{'n':>6}  {'median size':>12}  {'size range':>22}  modes")
         medians = {}
         for c in folder.classes:
