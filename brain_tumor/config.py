@@ -59,7 +59,6 @@ class TrainConfig:
     val_fraction: float = 0.15
     dup_threshold: float = 0.95  # thumbnail correlation that makes two images one group
     seed: int = 42
-    workers: int = 0  # DataLoader workers; images are decoded once and held in memory
     threads: int = 0  # torch CPU threads, 0 = all cores
     label_smoothing: float = 0.05
     intensity_aug: bool = True  # gamma, contrast, inversion, equalisation, blur: break the sequence cue

@@ -27,7 +27,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
-from PIL import Image, ImageChops, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from .config import (DICOM_SUFFIXES, IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_FILE_BYTES, MAX_PIXELS,
                      canonical_class)

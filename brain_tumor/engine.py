@@ -13,7 +13,7 @@ import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from .augment import augment
 from .config import TrainConfig
-from .data import find_splits, grouped_split, load_prepared, near_duplicate_groups, to_tensor
-from .metrics import classification_report, tumor_probability
+from .data import find_splits, grouped_split, load_prepared, near_duplicate_groups
+from .metrics import classification_report
 from .model import TumorClassifier, create_model, save_model
 from .trust import record_calibration
 

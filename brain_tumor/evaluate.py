@@ -22,7 +22,7 @@ import numpy as np
 from .data import ImageFolder, ImageReadError, head_mask, read_class_folders, read_image
 from .inference import Predictor
 from .metrics import (classification_report, expected_calibration_error, reliability, risk_coverage, roc_curve,
-                      tumor_scores)
+                      tumor_probability, tumor_scores)
 from .model import ModelLoadError
 
 
@@ -93,7 +93,7 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
         raw_confidence = raw.max(1)
         figures["ece_uncalibrated"] = expected_calibration_error(raw_confidence, correct)
     else:
-        p_tumor = 1 - probs[:, no_tumor].sum(1)
+        p_tumor = tumor_probability(probs, no_tumor)
         called = p_tumor >= 0.5
         correct = called == (y == 1)
         figures = {"n": len(y), "accuracy": float(correct.mean()), "mode": "tumour vs no tumour (yes/no folders)"}
@@ -107,8 +107,7 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
         np.add.at(cm, (y, called.astype(int)), 1)
         figures["confusion_matrix"], figures["class_names"] = cm.tolist(), ["notumor", "tumor"]
     figures["mode"] = mode
-    confidence = probs.max(1) if mode == "multiclass" else np.maximum(1 - probs[:, no_tumor].sum(1),
-                                                                      probs[:, no_tumor].sum(1))
+    confidence = probs.max(1) if mode == "multiclass" else np.maximum(p_tumor, 1 - p_tumor)
     cov, risk = risk_coverage(confidence, correct)
     figures["error_at_90_coverage"] = float(risk[max(0, int(np.ceil(0.9 * len(risk))) - 1)])
     figures["images_per_second"] = len(results) / seconds if seconds > 0 else None
@@ -197,7 +196,7 @@ def write_report(result: dict[str, Any], out: Path, predictor: Predictor, worst:
 
     no_tumor = predictor.config.no_tumor_indices
     is_tumor = d["y"] == 1 if d["mode"] == "binary" else ~np.isin(d["y"], no_tumor)
-    fpr, tpr = roc_curve(is_tumor.astype(int), 1 - d["probs"][:, no_tumor].sum(1))
+    fpr, tpr = roc_curve(is_tumor.astype(int), tumor_probability(d["probs"], no_tumor))
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr), ax.plot([0, 1], [0, 1], "k:")
     ax.set_xlabel("false-positive rate"), ax.set_ylabel("tumour sensitivity")
