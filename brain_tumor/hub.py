@@ -70,7 +70,7 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
         f"{tr.get('config', {}).get('dup_threshold', 0.95)} form one group, and a group never straddles train and "
         "validation (the dataset is full of near-duplicate slices; a random split overstates accuracy).",
         "",
-        "## Validation figures (grouped split; never seen in training)",
+        "## Validation figures (grouped split: never trained on, but the best epoch and the calibration were chosen on it)",
         "",
         "| figure | value |",
         "|---|---|",
