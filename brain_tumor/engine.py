@@ -67,17 +67,26 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
 
 
 @torch.inference_mode()
-def predict_logits(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
-                   transform=None) -> torch.Tensor:
-    """Logits for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
+def extract(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
+            transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
     model.eval()
-    out = []
+    logits = [torch.zeros(0, len(model.config.class_names))]
+    features = [torch.zeros(0, 512)]
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].float().div(255).unsqueeze(1)
         if transform is not None:
             x = transform(x)
-        out.append(model(_normalise(x, model)))
-    return torch.cat(out) if out else torch.zeros(0, len(model.config.class_names))
+        lo, f = model.forward_with_features(_normalise(x, model))
+        logits.append(lo)
+        features.append(f)
+    return torch.cat(logits), torch.cat(features)
+
+
+def predict_logits(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
+                   transform=None) -> torch.Tensor:
+    """Logits for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
+    return extract(model, images, batch_size, transform)[0]
 
 
 def sequence_proxy(x: torch.Tensor) -> torch.Tensor:

@@ -30,21 +30,6 @@ MIN_COVERAGE = 0.8
 BLANK_STD = 4.0  # an image with less spread than this (0..255) has nothing to read
 
 
-@torch.inference_mode()
-def extract(model, images: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled features for N x S x S uint8 prepared images."""
-    from .engine import _normalise
-
-    model.eval()
-    logits, feats = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
-        lo, f = model.forward_with_features(_normalise(x, model))
-        logits.append(lo)
-        feats.append(f)
-    return torch.cat(logits), torch.cat(feats)
-
-
 def fit_ood(features: torch.Tensor, labels: torch.Tensor, n_classes: int, shrinkage: float = 0.1
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means and the precision of the shared within-class covariance (shrunk towards its diagonal mean)."""
@@ -181,7 +166,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
               measure_negatives: bool = True) -> dict[str, Any]:
     """Fit temperature, abstention threshold and the MRI detector on a model in place; return the figures."""
     from .data import prepare
-    from .engine import fit_temperature
+    from .engine import extract, fit_temperature
     from .metrics import error_at_coverage, expected_calibration_error
 
     _, f_train = extract(model, x_train)
@@ -232,7 +217,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
 
 def record_calibration(model, x_train, y_train, x_val, y_val) -> None:
     """calibrate(), then store its figures and the calibrated validation report in model.config.metrics."""
-    from .engine import evaluate_logits
+    from .engine import evaluate_logits, extract
 
     figures = calibrate(model, x_train, y_train, x_val, y_val)
     val_logits, _ = extract(model, x_val)
