@@ -75,11 +75,11 @@ def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3) -> torch.Tensor:
     """The full training augmentation of an N x 1 x S x S batch in [0, 1]."""
     x = geometric(x, generator)
     if intensity:
-        x = intensity_curve(x, generator)
+        x = intensity_curve(x, generator, p=curve_p)
         x = photometric(x, generator)
     return x
 

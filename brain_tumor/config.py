@@ -61,7 +61,8 @@ class TrainConfig:
     seed: int = 42
     threads: int = 0  # torch CPU threads, 0 = all cores
     label_smoothing: float = 0.05
-    intensity_aug: bool = True  # gamma, contrast, inversion, equalisation, blur: break the sequence cue
+    intensity_aug: bool = True  # intensity curves, gamma, contrast, blur, noise: break the sequence cue
+    curve_p: float = 0.3  # share of images whose tissue contrast is reordered by a random intensity curve
     max_images: int = 0  # 0 = all; small values for smoke tests
     push_to_hub: Optional[str] = None  # repo id, e.g. user/brain-tumor-resnet18
     notes: list[str] = field(default_factory=list)  # free text copied into the model card

@@ -50,7 +50,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         if len(idx) < 2:
             continue  # batch norm needs two samples
         x = images[idx].float().div_(255).unsqueeze(1)
-        x = _normalise(augment(x, generator, cfg.intensity_aug), model)
+        x = _normalise(augment(x, generator, cfg.intensity_aug, cfg.curve_p), model)
         y = labels[idx]
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
