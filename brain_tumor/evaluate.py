@@ -21,7 +21,8 @@ import numpy as np
 
 from .data import ImageFolder, ImageReadError, head_mask, read_class_folders, read_image
 from .inference import Predictor
-from .metrics import (classification_report, expected_calibration_error, reliability, risk_coverage, roc_curve,
+from .metrics import (classification_report, error_at_coverage, expected_calibration_error, reliability,
+                      risk_coverage, roc_curve,
                       tumor_probability, tumor_scores)
 from .model import ModelLoadError
 
@@ -109,7 +110,7 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
     figures["mode"] = mode
     confidence = probs.max(1) if mode == "multiclass" else np.maximum(p_tumor, 1 - p_tumor)
     cov, risk = risk_coverage(confidence, correct)
-    figures["error_at_90_coverage"] = float(risk[max(0, int(np.ceil(0.9 * len(risk))) - 1)])
+    figures["error_at_90_coverage"] = error_at_coverage(confidence, correct, 0.9)
     figures["images_per_second"] = len(results) / seconds if seconds > 0 else None
     figures["unreadable"] = errors
     figures["needs_review_rate"] = float(np.mean([results[i].needs_review for i in ok]))

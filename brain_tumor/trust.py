@@ -15,6 +15,7 @@ Refit an existing model folder (reads its split.json):
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -96,27 +97,23 @@ def non_mri_images(seed: int = 0, size: int = 256) -> list[tuple[str, np.ndarray
                     out.append((f"skimage:{name}:crop{j}", img[y:y + s, x:x + s]))
     except ImportError:
         pass
-    try:
-        import matplotlib
-        base = Path(matplotlib.get_data_path()) / "sample_data"
-        for name in ("grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"):
+    def packaged(package: str, folder, names: tuple[str, ...]) -> None:
+        """Files a package ships, read through our decoder; a missing package or file is skipped."""
+        try:
+            base = folder(importlib.import_module(package))
+        except ImportError:
+            return
+        for name in names:
             try:
-                out.append((f"matplotlib:{name}", read_image(base / name)))
+                out.append((f"{package}:{name}", read_image(base / name)))
             except (ImageReadError, OSError):
-                pass
-    except ImportError:
-        pass
-    try:
-        import pydicom
-        base = Path(pydicom.__file__).parent / "data" / "test_files"
-        for name in ("CT_small.dcm", "liver_1frame.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm",
-                     "examples_palette.dcm", "SC_rgb_small_odd.dcm"):
-            try:
-                out.append((f"pydicom:{name}", read_image(base / name)))
-            except (ImageReadError, OSError):
-                pass
-    except ImportError:
-        pass
+                continue
+
+    packaged("matplotlib", lambda m: Path(m.get_data_path()) / "sample_data",
+             ("grace_hopper.jpg", "logo2.png", "Minduka_Present_Blue_Pack.png"))
+    packaged("pydicom", lambda m: Path(m.__file__).parent / "data" / "test_files",
+             ("CT_small.dcm", "liver_1frame.dcm", "examples_ybr_color.dcm", "examples_rgb_color.dcm",
+              "examples_palette.dcm", "SC_rgb_small_odd.dcm"))
     # synthetic
     for i in range(6):
         out.append((f"noise:uniform{i}", rng.integers(0, 256, (size, size)).astype(np.uint8)))
