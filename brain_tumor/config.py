@@ -49,6 +49,7 @@ class TrainConfig:
     out: str = "runs/brain-tumor-resnet18"  # output folder in Hugging Face layout
     init: str = "imagenet"  # imagenet | scratch | path to a .safetensors file or model folder
     img_size: int = 224  # square network input, pixels
+    output_stride: int = 32  # 16: dilated last stage, finer layer4 heat maps (model.dilate_last_stage)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 1e-3  # head learning rate (and every layer's when training from scratch)

@@ -211,7 +211,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     x_train, y_train = torch.from_numpy(images[~is_val]), torch.from_numpy(labels_np[~is_val]).long()
     x_val, y_val = torch.from_numpy(images[is_val]), torch.from_numpy(labels_np[is_val]).long()
 
-    model = create_model(train.classes, init=cfg.init, img_size=cfg.img_size)
+    model = create_model(train.classes, init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
     model = model.to(memory_format=torch.channels_last)
     if cfg.init == "scratch" and cfg.backbone_lr is not None and cfg.backbone_lr < cfg.lr:
         log(f"note: training from scratch with a backbone learning rate of {cfg.backbone_lr}; "
@@ -228,9 +228,9 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
         saved_cfg = json.loads(state["config"])
-        if {k: saved_cfg.get(k) for k in ("data", "img_size", "init", "seed")} != \
-                {k: asdict(cfg)[k] for k in ("data", "img_size", "init", "seed")}:
-            raise ValueError(f"{state_path} belongs to a different run (data, img_size, init or seed differ); "
+        if {k: saved_cfg.get(k) for k in ("data", "img_size", "init", "seed", "output_stride")} != \
+                {k: asdict(cfg)[k] for k in ("data", "img_size", "init", "seed", "output_stride")}:
+            raise ValueError(f"{state_path} belongs to a different run (data, img_size, init, seed or output stride differ); "
                              "use another --out or delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

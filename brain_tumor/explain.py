@@ -30,6 +30,15 @@ def check_method(method: str) -> str:
     return m
 
 
+_STRIDES = {"conv1": 2, "bn1": 2, "relu": 2, "maxpool": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+
+
+def layer_stride(name: str, output_stride: int = 32) -> int:
+    """How many input pixels one cell of a ResNet layer's output spans (layer3: 16, layer4: 32, or 16 when
+    the last stage is dilated: ``output_stride`` 16)."""
+    return min(_STRIDES.get(name.split(".")[0], 1), output_stride)
+
+
 def target_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """The module named ``name`` inside the ResNet (``layer3``, ``layer4``, ``layer4.1.conv2`` ...)."""
     net = getattr(model, "net", model)
@@ -65,24 +74,56 @@ def cam_from_grads(activations: torch.Tensor, grads: torch.Tensor, method: str) 
     return _normalise_maps((weights[:, :, None, None] * activations).sum(1))
 
 
+def _linear_head(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[torch.nn.Linear]:
+    """The Linear layer that reads the global average of ``layer``'s output, if ``layer`` is the last stage of a
+    ResNet whose head is avgpool -> (Dropout) -> Linear; None otherwise."""
+    net = getattr(model, "net", model)
+    if layer is not getattr(net, "layer4", None) or not isinstance(getattr(net, "avgpool", None), torch.nn.AdaptiveAvgPool2d):
+        return None
+    head = list(net.fc) if isinstance(net.fc, torch.nn.Sequential) else [net.fc]
+    if not isinstance(head[-1], torch.nn.Linear) or not all(isinstance(m, torch.nn.Dropout) for m in head[:-1]):
+        return None
+    return head[-1]
+
+
 class OnePass:
     """Forward once, keep the target layer's activations, and differentiate class scores w.r.t. them only.
 
     >>> run = OnePass(model, "layer4")
     >>> logits = run(x)                    # the prediction
     >>> maps = run.cams(logits.argmax(1))  # its Grad-CAM maps, N x h x w
+    At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
+    the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all, and
+    the forward pass runs in inference mode. Elsewhere the backward pass covers only the layers after the
+    target layer, never the backbone's parameters.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str):
         self.model = model
         self.layer = target_layer(model, layer)
+        self.head = _linear_head(model, self.layer)
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
         self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
 
+    @property
+    def analytic(self) -> bool:
+        """True when the gradients come from the head's weights (no backward pass)."""
+        return self.head is not None
+
+    def _forward(self, x: torch.Tensor) -> None:
+        if hasattr(self.model, "forward_with_features"):
+            self.logits, features = self.model.forward_with_features(x)
+            self.features = features.detach()
+        else:
+            self.logits = self.model(x)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         def hook(_module, _inputs, output):
+            if self.analytic:
+                self.activations = output
+                return None
             output = output.detach().requires_grad_(True)
             self.activations = output
             return output
@@ -91,20 +132,20 @@ class OnePass:
         was_training = self.model.training
         self.model.eval()
         try:
-            # parameters stay frozen: gradients flow only from the hooked activations onwards
-            flags = [p.requires_grad for p in self.model.parameters()]
-            for p in self.model.parameters():
-                p.requires_grad_(False)
-            try:
-                with torch.enable_grad():
-                    if hasattr(self.model, "forward_with_features"):
-                        self.logits, features = self.model.forward_with_features(x)
-                        self.features = features.detach()
-                    else:
-                        self.logits = self.model(x)
-            finally:
-                for p, f in zip(self.model.parameters(), flags):
-                    p.requires_grad_(f)
+            if self.analytic:
+                with torch.inference_mode():
+                    self._forward(x)
+            else:
+                # parameters stay frozen: gradients flow only from the hooked activations onwards
+                flags = [p.requires_grad for p in self.model.parameters()]
+                for p in self.model.parameters():
+                    p.requires_grad_(False)
+                try:
+                    with torch.enable_grad():
+                        self._forward(x)
+                finally:
+                    for p, f in zip(self.model.parameters(), flags):
+                        p.requires_grad_(f)
         finally:
             handle.remove()
             self.model.train(was_training)
@@ -114,14 +155,20 @@ class OnePass:
         """d(logit of each image's class) / d(activations), for the last pass."""
         if self.logits is None or self.activations is None:
             raise RuntimeError("call the OnePass object on a batch first")
-        classes = torch.as_tensor(classes, dtype=torch.long).view(-1, 1)
-        score = self.logits.gather(1, classes).sum()
+        classes = torch.as_tensor(classes, dtype=torch.long).view(-1)
+        if self.analytic:
+            with torch.inference_mode():
+                n, _, h, w = self.activations.shape
+                weights = self.head.weight[classes] / (h * w)  # N x C
+                return weights[:, :, None, None].expand(n, -1, h, w)
+        score = self.logits.gather(1, classes.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, self.activations, retain_graph=True)
         return grad
 
     def cams(self, classes: Sequence[int] | torch.Tensor, method: str = "gradcam") -> np.ndarray:
         """Maps of the given class per image, at the layer's resolution, in [0, 1]."""
-        return cam_from_grads(self.activations.detach(), self.grads(classes), method)
+        with torch.inference_mode(self.analytic):
+            return cam_from_grads(self.activations.detach(), self.grads(classes), method)
 
 
 def compute_with_library(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], method: str,
@@ -140,10 +187,35 @@ def compute_with_library(model: torch.nn.Module, x: torch.Tensor, classes: Seque
     return np.asarray(maps, dtype=np.float32)
 
 
-def upsample(maps: np.ndarray, size: int) -> np.ndarray:
-    """N x h x w maps -> N x size x size, bilinear, kept in [0, 1]."""
-    return np.stack([np.clip(cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR), 0, 1) for m in maps]) \
-        if len(maps) else np.zeros((0, size, size), np.float32)
+def upsample(maps: np.ndarray, size: int, centred: bool = True) -> np.ndarray:
+    """N x h x w maps -> N x size x size, bilinear, kept in [0, 1].
+
+    ``centred`` (the default) puts each map cell where its receptive field is centred: in a ResNet every
+    stride-2 layer (kernel 3 or 7 padded by 1 or 3, or 1x1 unpadded) centres output cell i on input pixel
+    2i, so a layer of stride s centres cell i on pixel s*i. A plain image resize (cv2, pytorch-grad-cam) assumes
+    s*i + (s-1)/2 and so draws the whole map (s-1)/2 pixels too far right and down: 7.5 px of 128 at layer3,
+    15.5 px at layer4. ``centred=False`` gives the plain resize (as pytorch-grad-cam draws it).
+    """
+    if not len(maps):
+        return np.zeros((0, size, size), np.float32)
+    if not centred:
+        return np.stack([np.clip(cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR), 0, 1) for m in maps])
+    out = []
+    for m in maps:
+        sy, sx = size / m.shape[0], size / m.shape[1]
+        warp = np.float32([[sx, 0, 0], [0, sy, 0]])  # map cell (i, j) -> input pixel (s*i, s*j)
+        out.append(cv2.warpAffine(m.astype(np.float32), warp, (size, size), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE))
+    return np.clip(np.stack(out), 0, 1)
+
+
+def recentre(maps: np.ndarray, stride: float) -> np.ndarray:
+    """Shift input-resolution maps drawn by a plain resize (pytorch-grad-cam's) back by (stride-1)/2 pixels
+    so that they sit where ``upsample(..., centred=True)`` puts them."""
+    shift = (stride - 1) / 2
+    warp = np.float32([[1, 0, -shift], [0, 1, -shift]])
+    return np.stack([cv2.warpAffine(m.astype(np.float32), warp, (m.shape[1], m.shape[0]), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE) for m in maps]) if len(maps) else maps
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tensor, uncrop
-from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, upsample
+from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, layer_stride, recentre, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
 
@@ -131,7 +131,8 @@ class Predictor:
                     probs, pred = self._answer(logits)
                     if heatmaps:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
-                        maps = compute_with_library(self.model, x, classes, method, self.config.cam_layer)
+                        maps = recentre(compute_with_library(self.model, x, classes, method, self.config.cam_layer),
+                                        layer_stride(self.config.cam_layer, self.config.output_stride))
             if maps is not None and self.config.cam_power != 1.0:
                 maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
             mri = self._looks_like_mri(features, grays[start:start + batch_size])

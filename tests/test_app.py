@@ -147,6 +147,9 @@ def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
         view = np.asarray(Image.open(view_png))
         assert overlay.shape == (512, 512, 3) and overlay.dtype == np.uint8
         assert view.shape[:2] == (512, 512)
+        gray = read_image(path)
+        [pred] = app.predictor.predict([gray])
+        assert np.array_equal(view, app.predictor.view(gray, pred.crop))  # the scan is shown losslessly
         assert f"probability of a tumour at **{cli[path.name]['tumor_probability']:.1%}" in summary
         assert "not a diagnostic device" in summary
 

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from brain_tumor.data import to_tensor
-from brain_tumor.explain import OnePass, compute_with_library, overlay, upsample
+from brain_tumor.explain import OnePass, compute_with_library, layer_stride, overlay, recentre, upsample
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model
 from conftest import CLASSES, synthetic_slice
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=[32, 16], ids=["stride32", "dilated16"])
+def model(request):
     torch.manual_seed(3)
-    m = create_model(CLASSES, init="scratch", img_size=64).eval()
+    m = create_model(CLASSES, init="scratch", img_size=64, output_stride=request.param).eval()
     # a few steps of training so the maps are not those of a random network
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     x = to_tensor(np.stack([synthetic_slice(i, 64, tumor=i % 2 == 0) for i in range(16)]))
@@ -34,14 +34,59 @@ def test_one_pass_maps_match_pytorch_grad_cam(model, method, layer):
     x = to_tensor(np.stack([synthetic_slice(100 + i, 64) for i in range(4)]))
     run = OnePass(model, layer)
     logits = run(x)
+    assert run.analytic == (layer == "layer4")  # the last stage needs no backward pass
     classes = logits.argmax(1)
-    fast = upsample(run.cams(classes, method), 64)
+    cams = run.cams(classes, method)
     ref = compute_with_library(model, x, classes.tolist(), method, layer)
-    for a, b in zip(fast, ref):
-        if a.std() > 0 and b.std() > 0:
-            assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
+    stride = layer_stride(layer, model.config.output_stride)
+    assert cams.shape[-1] == 64 // stride
+    compared = 0
+    # the library draws maps with a plain resize; ours sit on the receptive-field centres: compare both ways
+    for ours, theirs in ((upsample(cams, 64, centred=False), ref), (upsample(cams, 64), recentre(ref, stride))):
+        for a, b in zip(ours, theirs):
+            if a.std() > 0 and b.std() > 0:
+                assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
+                compared += 1
+    assert compared >= 4
     with torch.no_grad():
         assert torch.allclose(logits, model(x), atol=1e-5)  # the same forward pass gives the prediction
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_last_stage_gradients_from_the_head_equal_autograd(model, method):
+    x = to_tensor(np.stack([synthetic_slice(300 + i, 64, tumor=i % 2 == 0) for i in range(3)]))
+    fast = OnePass(model, "layer4")
+    slow = OnePass(model, "layer4")
+    slow.head = None  # force the backward pass
+    assert torch.allclose(fast(x), slow(x), atol=1e-5)
+    classes = [0, 2, 1]
+    assert torch.allclose(fast.grads(classes), slow.grads(classes), atol=1e-6, rtol=1e-4)
+    assert np.allclose(fast.cams(classes, method), slow.cams(classes, method), atol=1e-4)
+
+
+@pytest.mark.parametrize("output_stride", [32, 16])
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_upsampled_maps_sit_on_the_receptive_field_centres(output_stride, layer):
+    """A hot map cell lands where that cell's input gradient is centred; a plain resize lands (s-1)/2 px off."""
+    torch.manual_seed(0)
+    net = create_model(CLASSES, init="scratch", img_size=256, output_stride=output_stride).eval().net
+    acts = {}
+    net.get_submodule(layer).register_forward_hook(lambda _m, _i, out: acts.__setitem__("a", out))
+    x = torch.randn(1, 3, 256, 256, requires_grad=True)
+    net(x)
+    h = acts["a"].shape[-1]
+    stride = layer_stride(layer, output_stride)
+    assert h * stride == 256
+    cell = h // 2
+    (g,) = torch.autograd.grad(acts["a"][0, :, cell, cell].sum(), x)
+    weight = g.abs().sum((0, 1))
+    centre = float((weight.sum(1) * torch.arange(256.0)).sum() / weight.sum())  # row centroid
+    hot = np.zeros((1, h, h), np.float32)
+    hot[0, cell, cell] = 1.0
+    peak = np.unravel_index(np.argmax(upsample(hot, 256)[0]), (256, 256))[0]
+    plain = np.unravel_index(np.argmax(upsample(hot, 256, centred=False)[0]), (256, 256))[0]
+    assert abs(peak - centre) <= 1.5
+    assert abs(plain - centre) >= (stride - 1) / 2 - 1.5
 
 
 def test_one_pass_never_touches_parameter_gradients(model):

@@ -165,3 +165,25 @@ def test_init_from_a_model_with_the_same_classes_keeps_its_head(tiny_model_dir):
     assert torch.equal(same.net.fc[1].weight, reference.net.fc[1].weight)
     other = create_model(["a", "b", "c", "d"], init=str(tiny_model_dir), img_size=64)
     assert not torch.equal(other.net.fc[1].weight, reference.net.fc[1].weight)
+
+
+def test_dilated_model_starts_from_stride_32_weights_and_describes_itself(tmp_path, tiny_model_dir):
+    reference = load_model(str(tiny_model_dir))
+    dilated = create_model(CLASSES, init=str(tiny_model_dir), img_size=64, output_stride=16).eval()
+    assert torch.equal(dilated.net.layer4[1].conv2.weight, reference.net.layer4[1].conv2.weight)
+    feats = {}
+    dilated.net.layer4.register_forward_hook(lambda _m, _i, out: feats.__setitem__("l4", out))
+    x = to_tensor(np.stack([synthetic_slice(i, 64) for i in range(2)]))
+    with torch.no_grad():
+        dilated(x)
+    assert feats["l4"].shape[-1] == 64 // 16  # the grid of layer3, not 64 // 32
+    save_model(dilated, tmp_path, fp16=False)
+    loaded = load_model(str(tmp_path))
+    assert loaded.config.output_stride == 16
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), dilated(x), atol=1e-5)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["output_stride"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="output_stride"):
+        load_model(str(tmp_path))
