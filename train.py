@@ -46,6 +46,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--no-intensity-aug", dest="intensity_aug", action="store_false")
     p.add_argument("--curve-p", type=float, default=d.curve_p,
                    help="share of training images given a random tissue-contrast curve")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="forward pass in bfloat16 autocast (fp32 weights); auto: where the CPU has native bf16")
     p.add_argument("--max-images", type=int, default=d.max_images, help="use a random subset (smoke tests)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     a = p.parse_args(argv)

@@ -3,7 +3,8 @@
 Same images, model (a fresh ResNet18 classifier, the same initial weights), batch size, input size,
 optimizer (AdamW, the TrainConfig defaults) and loss. Decoding counts in both:
   ours:  data.load_prepared once (decode, head crop, resize, thumbnails), then engine.train_one_epoch
-         for each epoch; the decode is amortised over --epochs;
+         for each epoch (channels-last; forward pass in bf16 autocast where the CPU has native bf16, as
+         train.py does by default: --precision); the decode is amortised over --epochs;
   plain: an ImageFolder-style dataset that opens each JPEG with PIL every epoch, RandomResizedCrop,
          RandomHorizontalFlip, RandomRotation, ToTensor, Normalize, through a DataLoader.
 The epochs of the two loops alternate, so a busy machine slows both alike. No model is saved.
@@ -103,13 +104,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers for the plain loop")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="our loop's forward precision, as train.py --precision (the plain loop is fp32)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
     from brain_tumor.config import TrainConfig
     from brain_tumor.data import load_prepared
-    from brain_tumor.engine import train_one_epoch
+    from brain_tumor.engine import train_one_epoch, use_bf16
     from brain_tumor.model import ModelLoadError, create_model, load_model
 
     if args.threads:
@@ -120,7 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             img_size, size_from = load_model(args.model).config.img_size, "the model"
         except ModelLoadError as e:
             img_size, size_from = TrainConfig().img_size, f"default (no model: {str(e)[:80]})"
-    cfg = TrainConfig(img_size=img_size, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed)
+    cfg = TrainConfig(img_size=img_size, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                      precision=args.precision)
+    precision = "bf16 autocast" if use_bf16(cfg.precision) else "fp32"
     paths, labels, classes = sample_training_files(Path(args.data), args.images, args.seed)
     n = len(paths)
 
@@ -128,7 +133,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(describe_machine(info))
     print(f"data:    {n} images from {args.data} (seed {args.seed}), classes {classes}")
     print(f"setup:   {img_size} px ({size_from}), batch {cfg.batch_size}, {args.epochs} epochs, AdamW lr {cfg.lr} "
-          f"wd {cfg.weight_decay}, plain loop workers {args.workers}", flush=True)
+          f"wd {cfg.weight_decay}, plain loop workers {args.workers}; our forward pass: {precision}", flush=True)
 
     torch.manual_seed(args.seed)
     base = create_model(classes, init="scratch", img_size=img_size)
@@ -168,7 +173,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = [
         ["plain: PIL decode + torchvision transforms each epoch, DataLoader", f"{sum(plain_s) / args.epochs:.2f} s",
          f"{plain_ips:.1f}"],
-        [f"ours: decode once ({decode_s:.2f} s, amortised over {args.epochs}) + batched augmentation",
+        [f"ours: decode once ({decode_s:.2f} s, amortised over {args.epochs}) + batched augmentation, {precision}",
          f"{ours_total / args.epochs:.2f} s", f"{ours_ips:.1f}"],
         ["ours: epochs alone (decode not counted)", f"{sum(ours_s) / args.epochs:.2f} s",
          f"{ours_n * args.epochs / sum(ours_s):.1f}"],
@@ -178,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table(["training, per epoch", "seconds", "images/s"], rows))
     write_json(args.json, "train", {
         "data": args.data, "images": n, "epochs": args.epochs, "batch_size": cfg.batch_size, "img_size": img_size,
-        "plain_workers": args.workers, "seed": args.seed,
+        "plain_workers": args.workers, "seed": args.seed, "ours_precision": precision,
         "plain": {"epoch_seconds": plain_s, "images_per_epoch": plain_n, "images_per_second": plain_ips},
         "ours": {"decode_seconds": decode_s, "epoch_seconds": ours_s, "images_per_epoch": ours_n,
                  "images_per_second_amortised": ours_ips,

@@ -64,6 +64,7 @@ class TrainConfig:
     label_smoothing: float = 0.05
     intensity_aug: bool = True  # intensity curves, gamma, contrast, blur, noise: break the sequence cue
     curve_p: float = 0.3  # share of images whose tissue contrast is reordered by a random intensity curve
+    precision: str = "auto"  # fp32 | bf16 (autocast, fp32 master weights) | auto: bf16 where the CPU has it natively
     max_images: int = 0  # 0 = all; small values for smoke tests
     push_to_hub: Optional[str] = None  # repo id, e.g. user/brain-tumor-resnet18
     notes: list[str] = field(default_factory=list)  # free text copied into the model card

@@ -37,10 +37,30 @@ def _normalise(x01: torch.Tensor, model: TumorClassifier) -> torch.Tensor:
     return ((x01.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+def native_bf16() -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated, and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether training runs its forward pass in bfloat16 autocast (weights, optimizer and BN stay fp32)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and native_bf16())
+
+
 def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, optimizer,
                     cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train") -> dict:
-    """One pass over the training images in random order. Returns mean loss and accuracy."""
+    """One pass over the training images in random order. Returns mean loss and accuracy.
+
+    The forward pass runs under bfloat16 autocast when ``cfg.precision`` asks for it (use_bf16): about 1.6x
+    faster on CPUs with native bf16; parameters, gradients, optimizer state and evaluation stay fp32."""
     model.train()
+    bf16 = use_bf16(cfg.precision)
     n = len(images)
     order = torch.randperm(n, generator=generator)
     total_loss, correct, seen = 0.0, 0, 0
@@ -52,8 +72,9 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         x = images[idx].float().div_(255).unsqueeze(1)
         x = _normalise(augment(x, generator, cfg.intensity_aug, cfg.curve_p), model)
         y = labels[idx]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -303,6 +324,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "torch": torch.__version__, "data_images": len(paths), "command": command,
+        "forward_precision": "bf16 autocast" if use_bf16(cfg.precision) else "fp32",
     }
     model = model.to(memory_format=torch.contiguous_format)
     save_model(model, out)

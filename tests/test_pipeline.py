@@ -7,6 +7,7 @@ import re
 import cv2
 import numpy as np
 import pytest
+import torch
 
 import train
 from brain_tumor import evaluate, metrics, predict
@@ -43,6 +44,24 @@ def test_train_save_load_predict_round_trip(class_folders, tmp_path, capsys):
         assert set(r) >= {"path", "label", "probabilities", "tumor_probability"}
         assert r["label"] in CLASSES and abs(sum(r["probabilities"].values()) - 1) < 1e-4
         assert abs(r["tumor_probability"] - (1 - r["probabilities"]["notumor"])) < 1e-5
+
+
+def test_bf16_and_dilated_training_runs_and_is_recorded(class_folders, tmp_path, monkeypatch):
+    from brain_tumor import engine
+
+    assert engine.use_bf16("bf16") and not engine.use_bf16("fp32")
+    monkeypatch.setattr(engine, "native_bf16", lambda: False)
+    assert not engine.use_bf16("auto")  # emulated bf16 is slower: auto keeps fp32 there
+    with pytest.raises(ValueError, match="precision"):
+        engine.use_bf16("fp8")
+    out = tmp_path / "model"
+    assert train.main(["--data", str(class_folders), "--out", str(out), *TINY, "--precision", "bf16",
+                       "--output-stride", "16"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["forward_precision"] == "bf16 autocast" and cfg["output_stride"] == 16
+    model = load_model(str(out))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    assert model.net.layer4[0].conv1.stride == (1, 1)
 
 
 def test_interrupted_training_resumes_from_the_last_epoch(class_folders, tmp_path, capsys):
