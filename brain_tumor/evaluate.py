@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .data import ImageFolder, ImageReadError, head_mask, read_class_folders, read_image
+from .data import ImageFolder, ImageReadError, head_mask, read_class_folders
 from .inference import Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, reliability,
                       risk_coverage, roc_curve,
@@ -74,8 +74,15 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
     """Predict every image under ``data`` and compute all figures (see the module docstring)."""
     folder = read_class_folders(data)
     mode, to_model = match_classes(folder, predictor.classes)
+    scores: dict[int, dict[str, float]] = {}
+
+    def score_heatmap(i: int, gray: np.ndarray, pred) -> None:
+        if pred.heatmap is not None:
+            scores[i] = heatmap_scores(pred.heatmap_on_original(), gray, folder.paths[i].with_suffix(".txt"))
+
     started = time.time()
-    results = predictor.predict_files(folder.paths, heatmaps=heatmaps, batch_size=batch_size)
+    results = predictor.predict_files(folder.paths, heatmaps=heatmaps, batch_size=batch_size,
+                                      each=score_heatmap if heatmaps else None)
     seconds = time.time() - started
     ok = [i for i, r in enumerate(results) if not isinstance(r, ImageReadError)]
     errors = [{"path": str(folder.paths[i]), "error": str(results[i])} for i in range(len(results)) if i not in set(ok)]
@@ -115,29 +122,31 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
     figures["unreadable"] = errors
     figures["needs_review_rate"] = float(np.mean([results[i].needs_review for i in ok]))
     if heatmaps:
-        figures.update(_heatmap_figures(predictor, folder, results, ok))
+        figures.update(_heatmap_figures(predictor, [scores[i] for i in ok if i in scores]))
     details = {"paths": [str(folder.paths[i]) for i in ok], "y": y, "probs": probs, "raw": raw, "mode": mode,
                "confidence": confidence, "raw_confidence": raw_confidence, "correct": correct, "coverage": cov, "risk": risk,
                "results": [results[i] for i in ok]}
     return {"figures": figures, "details": details}
 
 
-def _heatmap_figures(predictor: Predictor, folder: ImageFolder, results, ok: list[int]) -> dict[str, Any]:
-    hits, in_box, in_head = [], [], []
-    for i in ok:
-        path = folder.paths[i]
-        heat = results[i].heatmap_on_original()
-        gray = read_image(path)
-        in_head.append(heat_share(heat, head_mask(gray)))
-        box = read_yolo_box(path.with_suffix(".txt"))
-        if box is not None:
-            mask = box_mask(heat.shape, box)
-            hits.append(pointing_hit(heat, mask))
-            in_box.append(heat_share(heat, mask))
+def heatmap_scores(heat: np.ndarray, gray: np.ndarray, box_file: Path) -> dict[str, float]:
+    """One map on the original grid: heat inside the head and, where a box file exists, pointing hit and heat in box."""
+    out = {"in_head": heat_share(heat, head_mask(gray))}
+    box = read_yolo_box(box_file)
+    if box is not None:
+        mask = box_mask(heat.shape, box)
+        out.update(hit=float(pointing_hit(heat, mask)), in_box=heat_share(heat, mask))
+    return out
+
+
+def _heatmap_figures(predictor: Predictor, scores: list[dict[str, float]]) -> dict[str, Any]:
+    in_head = [s["in_head"] for s in scores]
+    boxed = [s for s in scores if "hit" in s]
     out: dict[str, Any] = {"heatmap_method": predictor.config.cam_method, "heatmap_layer": predictor.config.cam_layer,
                            "heat_in_head": float(np.mean(in_head)) if in_head else None}
-    if hits:
-        out.update({"pointing_game": float(np.mean(hits)), "heat_in_box": float(np.mean(in_box)), "n_boxes": len(hits)})
+    if boxed:
+        out.update({"pointing_game": float(np.mean([s["hit"] for s in boxed])),
+                    "heat_in_box": float(np.mean([s["in_box"] for s in boxed])), "n_boxes": len(boxed)})
     return out
 
 

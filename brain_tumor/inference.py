@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -167,9 +167,12 @@ class Predictor:
         return self.classes.index(target)
 
     def predict_files(self, paths: Sequence[Union[str, os.PathLike]], heatmaps: bool = False,
-                      method: Optional[str] = None, batch_size: int = 32
+                      method: Optional[str] = None, batch_size: int = 32,
+                      each: Optional[Callable[[int, np.ndarray, Prediction], None]] = None
                       ) -> list[Union[Prediction, ImageReadError]]:
-        """Read and predict files in batches; an unreadable file yields its ImageReadError in its place."""
+        """Read and predict files in batches; an unreadable file yields its ImageReadError in its place.
+        ``each(index, slice, prediction)`` is called while the decoded slice is still in memory (evaluate
+        scores heat maps on the original grid with it, without decoding the file a second time)."""
         results: list[Union[Prediction, ImageReadError, None]] = [None] * len(paths)
         for start in range(0, len(paths), batch_size):
             grays, where = [], []
@@ -179,6 +182,9 @@ class Predictor:
                     where.append(i)
                 except ImageReadError as e:
                     results[i] = e
-            for i, pred in zip(where, self.predict(grays, heatmaps=heatmaps, method=method, batch_size=batch_size)):
+            preds = self.predict(grays, heatmaps=heatmaps, method=method, batch_size=batch_size)
+            for i, gray, pred in zip(where, grays, preds):
                 results[i] = pred
+                if each is not None:
+                    each(i, gray, pred)
         return results  # type: ignore[return-value]

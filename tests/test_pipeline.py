@@ -181,6 +181,19 @@ def test_evaluate_cli_on_a_tiny_set(class_folders, tiny_model_dir, tmp_path, cap
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_decodes_each_file_once(class_folders, tiny_model_dir, monkeypatch):
+    from brain_tumor import inference
+    from brain_tumor.inference import Predictor
+
+    calls = []
+    real = inference.read_image
+    monkeypatch.setattr(inference, "read_image", lambda path, *a, **k: calls.append(path) or real(path, *a, **k))
+    (class_folders / "glioma" / "glioma_0.txt").write_text("0 0.5 0.5 0.4 0.4\n")
+    f = evaluate.evaluate(Predictor(str(tiny_model_dir)), str(class_folders))["figures"]
+    assert len(calls) == 16 and len(set(calls)) == 16  # heat maps scored on the original grid, no second decode
+    assert f["n_boxes"] == 1 and f["pointing_game"] in (0.0, 1.0)
+
+
 def test_evaluate_yes_no_scores_tumour_vs_none(tmp_path, tiny_model_dir):
     root = write_class_folders(tmp_path / "yn", classes=["yes", "no"], per_class=3)
     out = tmp_path / "f.json"
