@@ -4,8 +4,10 @@ tumour boxes, and heat inside the head on those and on other slices.
     python -m benchmarks.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
         --heads VALIDATION_DIR --json heatmaps.json --apply
 
-``--apply`` writes the best row (pointing game + half the heat-in-box share) into the model folder's
-config.json (cam_layer, cam_method, cam_power, metrics["heatmaps"]) and refreshes its model card.
+``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
+metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
+inside the head (on the other slices when given: the border-shortcut check of issue 4), the highest pointing
+game + half the heat-in-box share.
 """
 from __future__ import annotations
 
@@ -82,12 +84,19 @@ def main(argv=None) -> int:
     return 0
 
 
+MIN_HEAT_IN_HEAD = 0.90
+
+
+def _in_head(row: dict) -> float:
+    return row.get("heat_in_head_other_slices", row["heat_in_head"])
+
+
 def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
     """Store the best layer/method/power and its figures in a model folder (config.json + model card)."""
     from brain_tumor.hub import write_model_card
     from brain_tumor.model import load_model, save_model
 
-    best = max(rows, key=lambda r: (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0))
+    best = max(rows, key=lambda r: (_in_head(r) >= MIN_HEAT_IN_HEAD, (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0)))
     model = load_model(str(folder))
     c = model.config
     c.cam_layer, c.cam_method, c.cam_power = best["layer"], best["method"], best["power"]
@@ -95,9 +104,10 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
         **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
                                      "heat_in_head", "heat_in_head_other_slices")},
         "data": f"{boxes} ({best['n_boxes']} slices)",
-        "why": "Chosen as the best pointing game (+ half the heat-in-box share) of "
-               + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}"
-                           for r in rows) + " (python -m benchmarks.heatmaps)."}
+        "why": f"Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping >= {MIN_HEAT_IN_HEAD:.2f} "
+               "of their heat inside the head, of (pointing / in box / in head): "
+               + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"
+                           f"{_in_head(r):.2f}" for r in rows) + " (python -m benchmarks.heatmaps)."}
     save_model(model, folder)
     write_model_card(folder, c)
     print(f"applied to {folder}: {c.cam_method} at {c.cam_layer}, power {c.cam_power:g}")
