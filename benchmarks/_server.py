@@ -87,11 +87,11 @@ class MemorySampler(threading.Thread):
         return self.peak_mb
 
 
-def make_client(url: str, download_dir: os.PathLike | str):
+def make_client(url: str, download_dir: os.PathLike | str, ssl_verify: bool = True):
     """A quiet gradio_client (no analytics) that saves output files under ``download_dir``."""
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir))
+    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir), ssl_verify=ssl_verify)
 
 
 def predict(client, path, timeout: Optional[float] = 120.0) -> Any:

@@ -4,6 +4,10 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
   - seconds from launch to the first answered /predict (an example image);
   - p50/p95 of --requests sequential /predict round trips (upload, answer + heat map + overlay, and the
     client fetching the overlay image), cycling through the example images;
+  - the same round trips through a client that skips loading CA certificates (ssl_verify=False: the
+    URL is plain http on loopback, so nothing is verified either way): gradio_client opens a new httpx client
+    for each of its five requests per call (upload, join, stream, two downloads), and each one loads
+    certifi's CA bundle (~25 ms here): that row shows the app's own share of the round trip;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
   - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%).
 For comparison it first times the peer way (benchmarks/latency.py, (a)) on the same images in this process,
@@ -24,7 +28,7 @@ from typing import Optional
 
 from benchmarks._harness import (EXAMPLES, MODEL_HELP, describe_machine, machine, meets, sample_images, summary,
                                  table, write_json)
-from benchmarks._server import APP, App, MemorySampler, predict
+from benchmarks._server import APP, App, MemorySampler, make_client, predict
 
 SOAK_BASE = 50  # issue 6 compares RSS after this many requests with RSS after all of them
 
@@ -79,7 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         peer = time_peer(paths, args.peer_images)
 
     total = max(args.requests, args.soak)
-    latencies, errors, rss_after = [], [], {}
+    latencies, light_latencies, errors, rss_after = [], [], [], {}
     app = App(model=args.model, app=args.app)
     sampler = None
     try:
@@ -103,6 +107,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rss_after[k] = app.memory()["rss_mb"]
                 if args.soak:
                     print(f"    {k} requests: RSS {rss_after[k]:.0f} MB", flush=True)
+        light = make_client(app.url, app.download_dir(), ssl_verify=False)
+        for k in range(1, args.requests + 1):
+            t0 = time.perf_counter()
+            try:
+                predict(light, paths[k % len(paths)], timeout=args.request_timeout)
+                light_latencies.append(time.perf_counter() - t0)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"light client request {k}: {type(e).__name__}: {str(e)[:200]}")
         memory = app.memory()
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -113,6 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"  app stopped in {app.stop_seconds or 0:.1f} s (exit code {app.exit_code}); log: {app.log_path}")
 
     lat = summary(latencies)
+    light_lat = summary(light_latencies) if light_latencies else None
     peak = max(memory["peak_mb"], sampled_peak)
     rows = [
         ["launch to first answered /predict", f"{first_s:.2f} s", f"<= 15 s: {meets(first_s, 15)}"],
@@ -120,6 +133,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         [f"/predict round trip p50 ({lat['n']} sequential)", f"{lat['median']:.4f} s",
          f"<= peer (a): {meets(lat['median'], peer['median'])}" if peer else ""],
         ["/predict round trip p95", f"{lat['p95']:.4f} s", ""],
+        ["  p50 / p95, client not loading CA certificates per request",
+         f"{light_lat['median']:.4f} / {light_lat['p95']:.4f} s" if light_lat else "n/a",
+         f"<= peer (a): {meets(light_lat['median'], peer['median'])}" if peer and light_lat else ""],
         ["peak resident memory (app + children)", f"{peak:.0f} MB", f"<= 1500 MB: {meets(peak, 1500)}"],
         ["  sampled peak RSS / sum of VmHWM", f"{sampled_peak:.0f} / {memory['peak_mb']:.0f} MB", ""],
         [f"RSS after first answer / after {total} requests", f"{rss_after[0]:.0f} / {rss_after[total]:.0f} MB", ""],
@@ -144,6 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "app": args.app, "model": args.model, "data": args.data, "distinct_images": distinct,
         "launch_to_connected_s": connected_s, "launch_to_first_answer_s": first_s,
         "requests": lat, "latencies_s": latencies, "peer_a_s": peer,
+        "requests_client_without_ca_loading": light_lat, "latencies_client_without_ca_loading_s": light_latencies,
         "peak_rss_mb": peak, "sampled_peak_rss_mb": sampled_peak, "sum_vmhwm_mb": memory["peak_mb"],
         "processes": memory["processes"], "rss_after_requests_mb": rss_after, "soak": soak,
         "errors": errors, "stop_seconds": app.stop_seconds, "exit_code": app.exit_code}, info)

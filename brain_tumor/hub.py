@@ -20,10 +20,13 @@ def _trust_section(config: ModelConfig) -> list[str]:
     lines = ["", "## How far to trust it"]
     h = m.get("heatmaps")
     if h:
-        lines.append(f"- Heat maps: {h.get('method', config.cam_method)} at {h.get('layer', config.cam_layer)}. On "
-                     f"{h.get('n_boxes')} tumour slices with boxes ({h.get('data', 'figshare sample')}): pointing game "
+        other = h.get("heat_in_head_other_slices")
+        lines.append(f"- Heat maps: {h.get('method', config.cam_method)} at {h.get('layer', config.cam_layer)}, raised to the "
+                     f"power {h.get('power', config.cam_power):g}, each map cell drawn at the centre of its receptive "
+                     f"field. On tumour slices with boxes ({h.get('data', 'figshare sample')}): pointing game "
                      f"{_fmt(h.get('pointing_game'))}, heat inside the box {_fmt(h.get('heat_in_box'))}, heat inside "
-                     f"the head {_fmt(h.get('heat_in_head'))}. {h.get('why', '')}")
+                     f"the head {_fmt(h.get('heat_in_head'))}"
+                     + (f" ({_fmt(other)} on validation slices)" if other is not None else "") + f". {h.get('why', '')}")
     c = m.get("calibration")
     if c:
         lines.append(f"- Calibration: temperature {c['temperature']:.2f} fitted on the grouped validation split; "
