@@ -6,7 +6,7 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
     client fetching the overlay image), cycling through the example images;
   - the same round trips through a client that skips loading CA certificates (ssl_verify=False: the
     URL is plain http on loopback, so nothing is verified either way): gradio_client opens a new httpx client
-    for each of its five requests per call (upload, join, stream, two downloads), and each one loads
+    for its requests of each call (upload, join, one download per output image), and each one loads
     certifi's CA bundle (~25 ms here): that row shows the app's own share of the round trip;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
   - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%).

@@ -28,6 +28,7 @@ from .model import TumorClassifier, create_model, save_model
 from .trust import record_calibration
 
 STATE_NAME = "train_state.pt"
+RESUME_KEYS = ("data", "img_size", "init", "seed", "output_stride")  # a saved state resumes only the same run
 
 
 def _normalise(x01: torch.Tensor, model: TumorClassifier) -> torch.Tensor:
@@ -249,8 +250,8 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
         saved_cfg = json.loads(state["config"])
-        if {k: saved_cfg.get(k) for k in ("data", "img_size", "init", "seed", "output_stride")} != \
-                {k: asdict(cfg)[k] for k in ("data", "img_size", "init", "seed", "output_stride")}:
+        defaults = asdict(TrainConfig())  # a state saved before a key existed had its default
+        if {k: saved_cfg.get(k, defaults[k]) for k in RESUME_KEYS} != {k: asdict(cfg)[k] for k in RESUME_KEYS}:
             raise ValueError(f"{state_path} belongs to a different run (data, img_size, init, seed or output stride differ); "
                              "use another --out or delete it")
         model.load_state_dict(state["model"])
