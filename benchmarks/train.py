@@ -112,7 +112,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from brain_tumor.config import TrainConfig
     from brain_tumor.data import load_prepared
-    from brain_tumor.engine import train_one_epoch, use_bf16
+    from brain_tumor.engine import forward_precision, train_one_epoch
     from brain_tumor.model import ModelLoadError, create_model, load_model
 
     if args.threads:
@@ -125,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             img_size, size_from = TrainConfig().img_size, f"default (no model: {str(e)[:80]})"
     cfg = TrainConfig(img_size=img_size, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
                       precision=args.precision)
-    precision = "bf16 autocast" if use_bf16(cfg.precision) else "fp32"
+    precision = forward_precision(cfg.precision)
     paths, labels, classes = sample_training_files(Path(args.data), args.images, args.seed)
     n = len(paths)
 

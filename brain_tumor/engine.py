@@ -54,6 +54,11 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
+def forward_precision(precision: str) -> str:
+    """What the training forward pass runs in, in words (recorded in the checkpoint, printed by benchmarks)."""
+    return "bf16 autocast" if use_bf16(precision) else "fp32"
+
+
 def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, optimizer,
                     cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train") -> dict:
     """One pass over the training images in random order. Returns mean loss and accuracy.
@@ -325,7 +330,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
         "torch": torch.__version__, "data_images": len(paths), "command": command,
-        "forward_precision": "bf16 autocast" if use_bf16(cfg.precision) else "fp32",
+        "forward_precision": forward_precision(cfg.precision),
     }
     model = model.to(memory_format=torch.contiguous_format)
     save_model(model, out)
