@@ -1,7 +1,9 @@
 """Configuration: class names and their aliases, preprocessing defaults, and the TrainConfig dataclass."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 DEFAULT_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
@@ -29,6 +31,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # refuse uploads above this
 MAX_PIXELS = 64_000_000  # refuse images whose header claims more (decompression bombs)
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated, and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether to compute in bfloat16 for ``precision`` (auto: only where the CPU does it natively). Training
+    runs its forward pass under bf16 autocast; heat maps run their backward pass through the later stages in bf16."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
 def canonical_class(name: str) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .augment import augment
-from .config import TrainConfig
+from .config import TrainConfig, use_bf16
 from .data import find_splits, grouped_split, load_prepared, near_duplicate_groups
 from .metrics import classification_report
 from .model import TumorClassifier, create_model, save_model
@@ -36,22 +36,6 @@ def _normalise(x01: torch.Tensor, model: TumorClassifier) -> torch.Tensor:
     mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.config.std).view(1, 3, 1, 1)
     return ((x01.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def native_bf16() -> bool:
-    """Does this CPU compute bfloat16 natively (AVX512-BF16 or AMX)? Elsewhere bf16 is emulated, and slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(precision: str) -> bool:
-    """Whether training runs its forward pass in bfloat16 autocast (weights, optimizer and BN stay fp32)."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return precision == "bf16" or (precision == "auto" and native_bf16())
 
 
 def forward_precision(precision: str) -> str:

@@ -8,11 +8,16 @@ reference; tests check the fast maps against it.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock
+
+from .config import use_bf16
 
 FAST_METHODS = ("gradcam", "gradcam++")
 LIBRARY_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM",
@@ -86,31 +91,128 @@ def _linear_head(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tor
     return head[-1]
 
 
+_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_ADJOINTS: "weakref.WeakKeyDictionary[torch.nn.Module, _Adjoint]" = weakref.WeakKeyDictionary()
+
+
+def _later_blocks(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[list[BasicBlock]]:
+    """The residual blocks after ``layer`` when the backward pass through them can be written by hand: ``layer``
+    is a stage before the last of a torchvision ResNet of BasicBlocks whose BatchNorms keep running statistics,
+    and the head is avgpool -> (Dropout) -> Linear. None otherwise (autograd then does the backward pass)."""
+    net = getattr(model, "net", model)
+    stage = next((n for n in _STAGES[:-1] if getattr(net, n, None) is layer), None)
+    if stage is None or _linear_head(model, getattr(net, "layer4", None)) is None:
+        return None
+    blocks = [b for n in _STAGES[_STAGES.index(stage) + 1:] for b in getattr(net, n)]
+    bns = [bn for b in blocks for bn in (b.bn1, b.bn2, *(b.downsample[1:] if b.downsample is not None else ()))]
+    ok = all(isinstance(b, BasicBlock) and (b.downsample is None or (len(b.downsample) == 2 and isinstance(
+        b.downsample[0], torch.nn.Conv2d))) for b in blocks)
+    ok = ok and all(m.groups == 1 for b in blocks for m in b.modules() if isinstance(m, torch.nn.Conv2d))
+    ok = ok and all(isinstance(bn, torch.nn.BatchNorm2d) and bn.running_var is not None for bn in bns)
+    return blocks if ok and blocks else None
+
+
+class _Adjoint:
+    """d/d(input) of one eval-mode conv -> BatchNorm pair: the conv's transposed convolution, with the BatchNorm's
+    scale folded into the weight (per output channel), in ``dtype``, channels-last.
+
+    The weight is also kept pre-packed in oneDNN's layout per input shape (the few most recent): at batch 1 the
+    plain ``conv_transpose2d`` spends more time re-laying the weight out than computing (0.55 ms against 0.24 ms
+    for a 512-channel 3x3 conv on a 5 x 5 map in bf16, measured). Where that private op is missing or fails,
+    the plain call is used."""
+
+    PACKED_SHAPES = 4
+
+    def __init__(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype):
+        self.conv, self.dtype, self.key = conv, dtype, self.version(conv, bn, dtype)
+        with torch.no_grad():
+            scale = torch.rsqrt(bn.running_var + bn.eps) * (1 if bn.weight is None else bn.weight)
+            self.weight = (conv.weight * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last)
+        self.packed: dict[tuple, Optional[torch.Tensor]] = {}
+
+    @staticmethod
+    def version(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> tuple:
+        return (dtype, conv.weight.data_ptr(), conv.weight._version, bn.running_var.data_ptr(), bn.running_var._version,
+                None if bn.weight is None else (bn.weight.data_ptr(), bn.weight._version))
+
+    @classmethod
+    def of(cls, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> "_Adjoint":
+        """The cached adjoint of ``conv``, made again when its or the BatchNorm's tensors changed."""
+        hit = _ADJOINTS.get(conv)
+        if hit is None or hit.key != cls.version(conv, bn, dtype):
+            hit = _ADJOINTS[conv] = cls(conv, bn, dtype)
+        return hit
+
+    def _pack(self, shape: tuple, output_padding: list[int]) -> Optional[torch.Tensor]:
+        c = self.conv
+        try:
+            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
+                self.weight, list(c.padding), output_padding, list(c.stride), list(c.dilation), c.groups, list(shape))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            return None
+
+    def __call__(self, g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The input gradient (N x C_in x size) for the output gradient ``g``."""
+        c = self.conv
+        output_padding = [size[i] - ((g.shape[2 + i] - 1) * c.stride[i] - 2 * c.padding[i]
+                                     + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in (0, 1)]
+        g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        key = (tuple(g.shape), tuple(output_padding))
+        if key not in self.packed:
+            if len(self.packed) >= self.PACKED_SHAPES:
+                self.packed.pop(next(iter(self.packed)))
+            self.packed[key] = self._pack(key[0], output_padding)
+        packed = self.packed[key]
+        if packed is not None:
+            try:
+                return torch.ops.mkldnn._convolution_transpose_pointwise(
+                    g, packed, None, list(c.padding), output_padding, list(c.stride), list(c.dilation), c.groups,
+                    "none", [], "")
+            except (AttributeError, RuntimeError, NotImplementedError):
+                self.packed[key] = None
+        return F.conv_transpose2d(g, self.weight, stride=c.stride, padding=c.padding,
+                                  output_padding=tuple(output_padding), dilation=c.dilation, groups=c.groups)
+
+
 class OnePass:
     """Forward once, keep the target layer's activations, and differentiate class scores w.r.t. them only.
 
-    >>> run = OnePass(model, "layer4")
+    >>> run = OnePass(model, "layer3")
     >>> logits = run(x)                    # the prediction
     >>> maps = run.cams(logits.argmax(1))  # its Grad-CAM maps, N x h x w
-    At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
-    the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all, and
-    the forward pass runs in inference mode. Elsewhere the backward pass covers only the layers after the
-    target layer, never the backbone's parameters.
+    Three ways to the gradient, fastest first; the forward pass is the prediction's own in each:
+    - At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
+      the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all.
+    - At an earlier stage of a ResNet of BasicBlocks (layer3, the default): the backward pass through the
+      later blocks is written out (ReLU masks kept by hooks during the forward pass, BatchNorm scales folded
+      into the conv weights, one transposed convolution per conv). It runs in bf16 where the CPU computes
+      bf16 natively (``precision="auto"``): about 3x faster than fp32 there, and the maps agree with fp32's
+      and pytorch-grad-cam's (tests). The forward pass runs in inference mode in both cases.
+    - Anywhere else (a sub-module path, other blocks): autograd, from the hooked activations onwards only.
+    The backward pass never touches the backbone's parameters.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
     """
 
-    def __init__(self, model: torch.nn.Module, layer: str):
+    def __init__(self, model: torch.nn.Module, layer: str, precision: str = "auto"):
         self.model = model
         self.layer = target_layer(model, layer)
         self.head = _linear_head(model, self.layer)
+        self.blocks = None if self.head is not None else _later_blocks(model, self.layer)
+        self.dtype = torch.bfloat16 if use_bf16(precision) else torch.float32
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
         self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
+        self._masks: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def analytic(self) -> bool:
         """True when the gradients come from the head's weights (no backward pass)."""
         return self.head is not None
+
+    @property
+    def by_hand(self) -> bool:
+        """True when the backward pass through the later blocks is the hand-written one (no autograd)."""
+        return self.blocks is not None
 
     def _forward(self, x: torch.Tensor) -> None:
         if hasattr(self.model, "forward_with_features"):
@@ -119,20 +221,30 @@ class OnePass:
         else:
             self.logits = self.model(x)
 
+    def _mask_hooks(self) -> list:
+        """Hooks that keep, for each later block, where its first ReLU and its output ReLU let gradients through."""
+        def keep(i: int, name: str):
+            def hook(_module, _inputs, output):
+                self._masks[i, name] = output > 0  # bn1's output is the first ReLU's input
+            return hook
+        return [h for i, b in enumerate(self.blocks or ()) for h in (b.bn1.register_forward_hook(keep(i, "relu1")),
+                                                                       b.register_forward_hook(keep(i, "out")))]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         def hook(_module, _inputs, output):
-            if self.analytic:
+            if self.analytic or self.by_hand:
                 self.activations = output
                 return None
             output = output.detach().requires_grad_(True)
             self.activations = output
             return output
 
-        handle = self.layer.register_forward_hook(hook)
+        handles = [self.layer.register_forward_hook(hook)] + self._mask_hooks()
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # (.eval()/.train() walk every module: ~0.6 ms each, skipped when already in eval mode)
+            self.model.eval()
         try:
-            if self.analytic:
+            if self.analytic or self.by_hand:
                 with torch.inference_mode():
                     self._forward(x)
             else:
@@ -147,9 +259,38 @@ class OnePass:
                     for p, f in zip(self.model.parameters(), flags):
                         p.requires_grad_(f)
         finally:
-            handle.remove()
-            self.model.train(was_training)
+            for h in handles:
+                h.remove()
+            if was_training:
+                self.model.train()
         return self.logits.detach()
+
+    def _head_gradient(self, classes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """d score / d (last stage's output): the head's weight row, spread evenly by the average pooling."""
+        n, _, h, w = shape
+        head = self.head if self.head is not None else _linear_head(self.model, target_layer(self.model, "layer4"))
+        return (head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
+
+    def _backward_by_hand(self, classes: torch.Tensor) -> torch.Tensor:
+        """The gradient at the target layer, through the later BasicBlocks in reverse: for each block
+        y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), so with g = dy * [y > 0]
+        dx = conv1^T(bn1 * [relu1 > 0] * conv2^T(bn2 * g)) + shortcut^T(g)."""
+        blocks = self.blocks
+        g = self._head_gradient(classes, self._masks[len(blocks) - 1, "out"].shape).to(self.dtype)
+        g = g.contiguous(memory_format=torch.channels_last)
+        for i in range(len(blocks) - 1, -1, -1):
+            b = blocks[i]
+            size = tuple(self.activations.shape[2:]) if i == 0 else tuple(self._masks[i - 1, "out"].shape[2:])
+            g = g * self._masks[i, "out"]
+            inner = _Adjoint.of(b.conv2, b.bn2, self.dtype)(g, tuple(g.shape[2:]))
+            inner = inner * self._masks[i, "relu1"]
+            dx = _Adjoint.of(b.conv1, b.bn1, self.dtype)(inner, size)
+            if b.downsample is not None:
+                dx = dx + _Adjoint.of(b.downsample[0], b.downsample[1], self.dtype)(g, size)
+            else:
+                dx = dx + g
+            g = dx
+        return g.float()
 
     def grads(self, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """d(logit of each image's class) / d(activations), for the last pass."""
@@ -158,16 +299,17 @@ class OnePass:
         classes = torch.as_tensor(classes, dtype=torch.long).view(-1)
         if self.analytic:
             with torch.inference_mode():
-                n, _, h, w = self.activations.shape
-                weights = self.head.weight[classes] / (h * w)  # N x C
-                return weights[:, :, None, None].expand(n, -1, h, w)
+                return self._head_gradient(classes, self.activations.shape)
+        if self.by_hand:
+            with torch.inference_mode():
+                return self._backward_by_hand(classes)
         score = self.logits.gather(1, classes.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, self.activations, retain_graph=True)
         return grad
 
     def cams(self, classes: Sequence[int] | torch.Tensor, method: str = "gradcam") -> np.ndarray:
         """Maps of the given class per image, at the layer's resolution, in [0, 1]."""
-        with torch.inference_mode(self.analytic):
+        with torch.inference_mode(self.analytic or self.by_hand):
             return cam_from_grads(self.activations.detach(), self.grads(classes), method)
 
 
@@ -218,12 +360,18 @@ def recentre(maps: np.ndarray, stride: float) -> np.ndarray:
                                     borderMode=cv2.BORDER_REPLICATE) for m in maps]) if len(maps) else maps
 
 
+_JET_RGB = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, :, ::-1].copy()
+
+
 def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] heat map (JET colours) over a grayscale image: H x W x 3 uint8 RGB."""
-    if heat.shape != gray.shape:
-        heat = cv2.resize(heat.astype(np.float32), (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
+    """Blend a [0, 1] heat map (JET colours) over a grayscale image: H x W x 3 uint8 RGB.
+
+    The map is quantised to 256 levels before it is resized to the image (as the colour map quantises it
+    anyway), and coloured straight into RGB order: about half the time of colouring a float map in BGR."""
+    levels = (np.clip(heat, 0, 1) * 255).astype(np.uint8)
+    if levels.shape != gray.shape:
+        levels = cv2.resize(levels, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
     alpha = float(np.clip(alpha, 0.0, 1.0))
-    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
-    blended = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)  # uint8 arithmetic, saturating
-    return cv2.cvtColor(blended, cv2.COLOR_BGR2RGB)
+    colour = cv2.applyColorMap(levels, _JET_RGB)
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)  # uint8 arithmetic, saturating

@@ -47,10 +47,10 @@ def test_train_save_load_predict_round_trip(class_folders, tmp_path, capsys):
 
 
 def test_bf16_and_dilated_training_runs_and_is_recorded(class_folders, tmp_path, monkeypatch):
-    from brain_tumor import engine
+    from brain_tumor import config, engine
 
     assert engine.use_bf16("bf16") and not engine.use_bf16("fp32")
-    monkeypatch.setattr(engine, "native_bf16", lambda: False)
+    monkeypatch.setattr(config, "native_bf16", lambda: False)
     assert not engine.use_bf16("auto")  # emulated bf16 is slower: auto keeps fp32 there
     with pytest.raises(ValueError, match="precision"):
         engine.use_bf16("fp8")
