@@ -6,6 +6,7 @@ Memory comes from /proc (VmRSS now, VmHWM the peak), summed over the app and its
 from __future__ import annotations
 
 import os
+import ssl  # noqa: F401  (named in a type hint)
 import shutil
 import signal
 import socket
@@ -87,8 +88,10 @@ class MemorySampler(threading.Thread):
         return self.peak_mb
 
 
-def make_client(url: str, download_dir: os.PathLike | str, ssl_verify: bool = True):
-    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``."""
+def make_client(url: str, download_dir: os.PathLike | str, ssl_verify: "bool | ssl.SSLContext" = True):
+    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``. ``ssl_verify`` may be
+    an ``ssl.SSLContext`` made once: gradio_client hands it to each httpx client it opens, which then verifies
+    certificates with it instead of loading the CA bundle again."""
     from gradio_client import Client
 
     return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir), ssl_verify=ssl_verify)

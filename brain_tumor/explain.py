@@ -119,59 +119,62 @@ class _Adjoint:
     The weight is also kept pre-packed in oneDNN's layout per input shape (the few most recent): at batch 1 the
     plain ``conv_transpose2d`` spends more time re-laying the weight out than computing (0.55 ms against 0.24 ms
     for a 512-channel 3x3 conv on a 5 x 5 map in bf16, measured). Where that private op is missing or fails,
-    the plain call is used."""
+    the plain call is used. Holds the conv's tensors, never the module (the cache is keyed weakly on it)."""
 
     PACKED_SHAPES = 4
 
     def __init__(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype):
-        self.conv, self.dtype, self.key = conv, dtype, self.version(conv, bn, dtype)
+        self.dtype = dtype
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+        self.kernel_size, self.groups = list(conv.kernel_size), conv.groups
+        self.sources = [t for t in (conv.weight, bn.running_var, bn.weight) if t is not None]
+        self.versions = [t._version for t in self.sources]
         with torch.no_grad():
             scale = torch.rsqrt(bn.running_var + bn.eps) * (1 if bn.weight is None else bn.weight)
             self.weight = (conv.weight * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last)
-        self.packed: dict[tuple, Optional[torch.Tensor]] = {}
+        self.packed: dict[tuple, tuple[list[int], Optional[torch.Tensor]]] = {}
 
-    @staticmethod
-    def version(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> tuple:
-        return (dtype, conv.weight.data_ptr(), conv.weight._version, bn.running_var.data_ptr(), bn.running_var._version,
-                None if bn.weight is None else (bn.weight.data_ptr(), bn.weight._version))
+    def fresh(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> bool:
+        """Made from these very tensors, unchanged since, in this dtype?"""
+        now = [t for t in (conv.weight, bn.running_var, bn.weight) if t is not None]
+        return dtype == self.dtype and len(now) == len(self.sources) and all(
+            a is b and a._version == v for a, b, v in zip(now, self.sources, self.versions))
 
     @classmethod
     def of(cls, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> "_Adjoint":
         """The cached adjoint of ``conv``, made again when its or the BatchNorm's tensors changed."""
         hit = _ADJOINTS.get(conv)
-        if hit is None or hit.key != cls.version(conv, bn, dtype):
+        if hit is None or not hit.fresh(conv, bn, dtype):
             hit = _ADJOINTS[conv] = cls(conv, bn, dtype)
         return hit
 
     def _pack(self, shape: tuple, output_padding: list[int]) -> Optional[torch.Tensor]:
-        c = self.conv
         try:
             return torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                self.weight, list(c.padding), output_padding, list(c.stride), list(c.dilation), c.groups, list(shape))
+                self.weight, self.padding, output_padding, self.stride, self.dilation, self.groups, list(shape))
         except (AttributeError, RuntimeError, NotImplementedError):
             return None
 
     def __call__(self, g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The input gradient (N x C_in x size) for the output gradient ``g``."""
-        c = self.conv
-        output_padding = [size[i] - ((g.shape[2 + i] - 1) * c.stride[i] - 2 * c.padding[i]
-                                     + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in (0, 1)]
         g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        key = (tuple(g.shape), tuple(output_padding))
+        key = (tuple(g.shape), size)
         if key not in self.packed:
+            output_padding = [size[i] - ((g.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+                                         + self.dilation[i] * (self.kernel_size[i] - 1) + 1) for i in (0, 1)]
             if len(self.packed) >= self.PACKED_SHAPES:
                 self.packed.pop(next(iter(self.packed)))
-            self.packed[key] = self._pack(key[0], output_padding)
-        packed = self.packed[key]
+            self.packed[key] = (output_padding, self._pack(key[0], output_padding))
+        output_padding, packed = self.packed[key]
         if packed is not None:
             try:
                 return torch.ops.mkldnn._convolution_transpose_pointwise(
-                    g, packed, None, list(c.padding), output_padding, list(c.stride), list(c.dilation), c.groups,
+                    g, packed, None, self.padding, output_padding, self.stride, self.dilation, self.groups,
                     "none", [], "")
             except (AttributeError, RuntimeError, NotImplementedError):
-                self.packed[key] = None
-        return F.conv_transpose2d(g, self.weight, stride=c.stride, padding=c.padding,
-                                  output_padding=tuple(output_padding), dilation=c.dilation, groups=c.groups)
+                self.packed[key] = (output_padding, None)
+        return F.conv_transpose2d(g, self.weight, stride=self.stride, padding=self.padding,
+                                  output_padding=output_padding, dilation=self.dilation, groups=self.groups)
 
 
 class OnePass:
@@ -198,6 +201,8 @@ class OnePass:
         self.layer = target_layer(model, layer)
         self.head = _linear_head(model, self.layer)
         self.blocks = None if self.head is not None else _later_blocks(model, self.layer)
+        if self.blocks is not None:
+            self._last_head = _linear_head(model, target_layer(model, "layer4"))
         self.dtype = torch.bfloat16 if use_bf16(precision) else torch.float32
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
@@ -268,7 +273,7 @@ class OnePass:
     def _head_gradient(self, classes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """d score / d (last stage's output): the head's weight row, spread evenly by the average pooling."""
         n, _, h, w = shape
-        head = self.head if self.head is not None else _linear_head(self.model, target_layer(self.model, "layer4"))
+        head = self.head if self.head is not None else self._last_head
         return (head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
 
     def _backward_by_hand(self, classes: torch.Tensor) -> torch.Tensor:

@@ -119,6 +119,21 @@ def test_hand_written_backward_without_packed_weights_and_after_weights_change(m
         explain._ADJOINTS.clear()
 
 
+def test_cached_backward_weights_do_not_keep_a_model_alive():
+    """The folded weights are cached per conv, weakly: dropping the model frees its convs and the cache entries."""
+    import gc
+    import weakref
+
+    m = create_model(CLASSES, init="scratch", img_size=64).eval()
+    run = OnePass(m, "layer3")
+    run(to_tensor(synthetic_slice(1, 64)[None]))
+    run.cams([0])
+    alive = [weakref.ref(m), weakref.ref(m.net.layer4[1].conv2)]
+    del m, run
+    gc.collect()
+    assert all(ref() is None for ref in alive)
+
+
 def test_sub_module_targets_use_autograd(model):
     x = to_tensor(synthetic_slice(8, 64)[None])
     run = OnePass(model, "layer3.1")
