@@ -157,7 +157,8 @@ class _Adjoint:
 
     def __call__(self, g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The input gradient (N x C_in x size) for the output gradient ``g``."""
-        g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        if g.dtype != self.dtype or not g.is_contiguous(memory_format=torch.channels_last):
+            g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
         key = (tuple(g.shape), size)
         if key not in self.packed:
             output_padding = [size[i] - ((g.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
@@ -280,15 +281,19 @@ class OnePass:
         """The gradient at the target layer, through the later BasicBlocks in reverse: for each block
         y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), so with g = dy * [y > 0]
         dx = conv1^T(bn1 * [relu1 > 0] * conv2^T(bn2 * g)) + shortcut^T(g)."""
-        blocks = self.blocks
-        g = self._head_gradient(classes, self._masks[len(blocks) - 1, "out"].shape).to(self.dtype)
-        g = g.contiguous(memory_format=torch.channels_last)
+        blocks, masks = self.blocks, self._masks
+        last = masks[len(blocks) - 1, "out"]
+        g = None
         for i in range(len(blocks) - 1, -1, -1):
             b = blocks[i]
-            size = tuple(self.activations.shape[2:]) if i == 0 else tuple(self._masks[i - 1, "out"].shape[2:])
-            g = g * self._masks[i, "out"]
+            size = tuple(self.activations.shape[2:]) if i == 0 else tuple(masks[i - 1, "out"].shape[2:])
+            if g is None:  # the head's gradient, spread by the pooling, times the last ReLU's mask: one op
+                h, w = last.shape[2:]
+                g = (self._last_head.weight[classes] / (h * w)).to(self.dtype)[:, :, None, None] * last
+            else:
+                g = g * masks[i, "out"]
             inner = _Adjoint.of(b.conv2, b.bn2, self.dtype)(g, tuple(g.shape[2:]))
-            inner = inner * self._masks[i, "relu1"]
+            inner = inner * masks[i, "relu1"]
             dx = _Adjoint.of(b.conv1, b.bn1, self.dtype)(inner, size)
             if b.downsample is not None:
                 dx = dx + _Adjoint.of(b.downsample[0], b.downsample[1], self.dtype)(g, size)

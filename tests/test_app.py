@@ -154,6 +154,20 @@ def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
         assert "not a diagnostic device" in summary
 
 
+def test_a_client_given_one_ssl_context_gets_the_same_answer(url, client, tmp_path):
+    """The README's faster client (one SSL context for every request) works and answers alike."""
+    import ssl
+
+    from gradio_client import Client
+
+    fast = Client(url, verbose=False, download_files=str(tmp_path), ssl_verify=ssl.create_default_context())
+    path = EXAMPLES[0]
+    label, overlay_jpg, _, summary = ask(fast, path)
+    ref_label, ref_overlay, _, ref_summary = ask(client, path)
+    assert confidences(label) == confidences(ref_label) and summary == ref_summary
+    assert np.array_equal(np.asarray(Image.open(overlay_jpg)), np.asarray(Image.open(ref_overlay)))
+
+
 def test_dicom_monochrome1_and_2_give_the_answer_of_the_same_pixels(client, tmp_path):
     gray = read_image(EXAMPLES[0])
     reference = confidences(ask(client, EXAMPLES[0])[0])
