@@ -15,6 +15,7 @@ peer at 224 px; the table says which.
     python -m benchmarks.latency                                   # 30 training slices, bundled model
     python -m benchmarks.latency --n 60 --threads 1,2 --json latency.json
     python -m benchmarks.latency --data examples --model runs/shipped --n 30
+    python -m benchmarks.latency --precision fp32                 # as on a CPU without native bf16
 """
 from __future__ import annotations
 
@@ -140,24 +141,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--n", type=int, default=30, help="images timed per path (medians over these)")
     ap.add_argument("--warmup", type=int, default=3, help="images run through every path first, untimed")
     ap.add_argument("--seed", type=int, default=0, help="seed of the image sample")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="the heat maps' backward pass (Predictor(precision=...); auto: bf16 where the CPU has it "
+                    "natively). The answer is fp32 either way")
     ap.add_argument("--threads", default=None, help="comma-separated torch thread counts to compare, e.g. 1,2 "
                     "(default: torch's own choice)")
     ap.add_argument("--repeats", type=int, default=3, help="folder-throughput runs (median)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
+    from brain_tumor.config import use_bf16
     from brain_tumor.inference import Predictor
 
     data = Path(args.data) if args.data else default_data()
     paths, distinct = sample_images(data, args.n + args.warmup, args.seed)
     warmup, paths = paths[:args.warmup], paths[args.warmup:]
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, precision=args.precision)
     peer = PeerPipeline(len(predictor.classes), peer_weights(predictor))
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
 
     info = machine()
+    heatmap_precision = "bf16" if use_bf16(args.precision) else "fp32"
     print(describe_machine(info))
-    print(f"model:   {predictor.source}: input {predictor.config.img_size} px (the peer way runs at {PEER_SIZE} px)")
+    print(f"model:   {predictor.source}: input {predictor.config.img_size} px (the peer way runs at {PEER_SIZE} px); "
+          f"heat map at {predictor.config.cam_layer}, backward pass in {heatmap_precision}")
     print(f"images:  {len(paths)} timed + {len(warmup)} warm-up from {data} ({distinct} distinct, seed {args.seed})",
           flush=True)
     rounds = {}
@@ -193,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(table(["median seconds per image"] + [f"{t} thread(s)" for t in rounds], rows))
     write_json(args.json, "latency", {
         "model": predictor.source, "model_img_size": predictor.config.img_size, "peer_img_size": PEER_SIZE,
+        "cam_layer": predictor.config.cam_layer, "heatmap_backward_precision": heatmap_precision,
         "data": str(data), "images": len(paths), "distinct_images": distinct, "warmup": len(warmup),
         "seed": args.seed, "rounds": {str(t): r for t, r in rounds.items()}}, info)
     return 0

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .config import use_bf16
 from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tensor, uncrop
 from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, layer_stride, recentre, upsample
 from .model import TumorClassifier, load_model
@@ -72,7 +73,12 @@ class Predictor:
     >>> pred.label, pred.tumor_probability, pred.heatmap.shape
     """
 
-    def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None):
+    def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None,
+                 precision: str = "auto"):
+        """``precision`` of the heat maps' backward pass (explain.OnePass): ``auto`` (bf16 where the CPU computes
+        it natively, else fp32), ``fp32`` or ``bf16``. The answer itself is always computed in fp32."""
+        use_bf16(precision)  # validates
+        self.precision = precision
         if threads:
             torch.set_num_threads(threads)
         self.model = model if isinstance(model, TumorClassifier) else load_model(model)
@@ -118,7 +124,7 @@ class Predictor:
             maps = None
             with self.lock:
                 if heatmaps and method in FAST_METHODS:
-                    run = OnePass(self.model, self.config.cam_layer)
+                    run = OnePass(self.model, self.config.cam_layer, precision=self.precision)
                     logits = run(x)
                     features = run.features
                     probs, pred = self._answer(logits)

@@ -190,6 +190,18 @@ def test_batch_and_single_image_predictions_agree(model):
         assert np.abs(one.heatmap - b.heatmap).max() < 5e-3
 
 
+def test_predictor_heatmap_precision(model):
+    """fp32 and bf16 backward passes give the same answer and maps that agree; a bad precision is refused."""
+    g = synthetic_slice(12, 96, tumor=True)
+    [a] = Predictor(model, precision="fp32").predict([g], heatmaps=True)
+    [b] = Predictor(model, precision="bf16").predict([g], heatmaps=True)
+    assert a.probabilities == b.probabilities
+    if a.heatmap.std() > 0:
+        assert np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1] >= 0.99
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(model, precision="fp8")
+
+
 def test_cam_power_keeps_the_peak(model):
     predictor = Predictor(model)
     g = synthetic_slice(9, 96)
