@@ -6,8 +6,10 @@ by a lock: heat-map hooks live on the shared network, so two requests must never
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -73,6 +75,8 @@ class Predictor:
     >>> pred.label, pred.tumor_probability, pred.heatmap.shape
     """
 
+    KEEP_PASSES = 8  # single-slice forward passes kept for other classes' and methods' maps (_one_pass)
+
     def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None,
                  precision: str = "auto"):
         """``precision`` of the heat maps' backward pass (explain.OnePass): ``auto`` (bf16 where the CPU computes
@@ -88,6 +92,7 @@ class Predictor:
         self.classes = list(self.config.class_names)
         self._no_tumor = self.config.no_tumor_indices
         self.lock = threading.RLock()
+        self._passes: "OrderedDict[tuple, OnePass]" = OrderedDict()  # recent single-slice passes (_one_pass)
 
     @property
     def source(self) -> str:
@@ -99,6 +104,26 @@ class Predictor:
     def view(self, gray: np.ndarray, crop: Crop, size: int = 512) -> np.ndarray:
         """The model's view of the slice at display resolution (same crop, larger)."""
         return apply_crop(gray, crop, size)
+
+    def _one_pass(self, x: torch.Tensor, image: Optional[np.ndarray]) -> OnePass:
+        """The forward pass (with what its heat maps need) for batch ``x``. A single slice's pass is kept for the
+        next few requests: another class's map or Grad-CAM++ for the same slice (the app's class and method
+        menus) then needs no forward pass, only the backward one. Call with the lock held."""
+        key = None
+        if image is not None:
+            key = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image.shape, self.config.cam_layer,
+                   self.precision)
+            run = self._passes.get(key)
+            if run is not None:
+                self._passes.move_to_end(key)
+                return run
+        run = OnePass(self.model, self.config.cam_layer, precision=self.precision)
+        run(x)
+        if key is not None:
+            self._passes[key] = run
+            while len(self._passes) > self.KEEP_PASSES:
+                self._passes.popitem(last=False)
+        return run
 
     def _answer(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         probs = torch.softmax(logits.float() / self.config.temperature, 1).numpy()
@@ -124,9 +149,8 @@ class Predictor:
             maps = None
             with self.lock:
                 if heatmaps and method in FAST_METHODS:
-                    run = OnePass(self.model, self.config.cam_layer, precision=self.precision)
-                    logits = run(x)
-                    features = run.features
+                    run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None)
+                    logits, features = run.logits.detach(), run.features
                     probs, pred = self._answer(logits)
                     classes = pred if target_index is None else np.full(len(pred), target_index)
                     maps = upsample(run.cams(classes, method), self.config.img_size)

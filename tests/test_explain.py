@@ -202,6 +202,31 @@ def test_predictor_heatmap_precision(model):
         Predictor(model, precision="fp8")
 
 
+def test_another_class_or_method_for_the_same_slice_reuses_its_forward_pass(model):
+    predictor = Predictor(model)
+    g = synthetic_slice(13, 96, tumor=True)
+    forwards = []
+    handle = model.net.conv1.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        [first] = predictor.predict([g], heatmaps=True)
+        other = [c for c in CLASSES if c != first.label][0]
+        [again] = predictor.predict([g], heatmaps=True, target=other)
+        [plus] = predictor.predict([g], heatmaps=True, method="gradcam++")
+        assert len(forwards) == 1  # one forward pass for the three maps
+        [changed] = predictor.predict([synthetic_slice(14, 96)], heatmaps=True)
+        assert len(forwards) == 2  # another slice: its own pass
+    finally:
+        handle.remove()
+    assert again.probabilities == first.probabilities and again.heatmap_class == other
+    fresh = Predictor(model)
+    for reused, kwargs in ((again, {"target": other}), (plus, {"method": "gradcam++"})):
+        [want] = fresh.predict([g], heatmaps=True, **kwargs)
+        assert np.array_equal(reused.heatmap, want.heatmap)
+    for k in range(Predictor.KEEP_PASSES + 3):  # the cache stays small
+        predictor.predict([synthetic_slice(600 + k, 64)], heatmaps=True)
+    assert len(predictor._passes) == Predictor.KEEP_PASSES
+
+
 def test_cam_power_keeps_the_peak(model):
     predictor = Predictor(model)
     g = synthetic_slice(9, 96)
