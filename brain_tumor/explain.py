@@ -2,7 +2,8 @@
 
 The fast path runs ONE forward pass that gives both the prediction and the target layer's activations,
 then differentiates the class score with respect to those activations only: the backward pass covers
-the layers after the target layer, never the backbone's parameters. Grad-CAM and Grad-CAM++ for any
+the layers after the target layer (written out by hand for ResNet stages, OnePass), never the backbone's
+parameters. Grad-CAM and Grad-CAM++ for any
 class come from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the
 reference; tests check the fast maps against it.
 """
@@ -194,11 +195,13 @@ class OnePass:
     Three ways to the gradient, fastest first; the forward pass is the prediction's own in each:
     - At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
       the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all.
-    - At an earlier stage of a ResNet of BasicBlocks (layer3, the default): the backward pass through the
-      later blocks is written out (ReLU masks kept by hooks during the forward pass, BatchNorm scales folded
-      into the conv weights, one transposed convolution per conv). It runs in bf16 where the CPU computes
-      bf16 natively (``precision="auto"``): about 3x faster than fp32 there, and the maps agree with fp32's
-      and pytorch-grad-cam's (tests). The forward pass runs in inference mode in both cases.
+    - At an earlier stage of a ResNet of BasicBlocks (layer3, the default): the later blocks are run and
+      differentiated by hand. The forward pass keeps each ReLU's mask (the same modules, called stage by
+      stage); the backward pass is one transposed convolution per conv, with the BatchNorm scale folded into
+      its weight and the weight pre-packed for oneDNN (_Adjoint), in bf16 where the CPU computes bf16
+      natively (``precision="auto"``; fp32 elsewhere). Gradients match autograd's (to bf16 rounding) and the
+      maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~7.6 ms for autograd.
+    The forward pass runs in inference mode in these two cases.
     - Anywhere else (a sub-module path, other blocks): autograd, from the hooked activations onwards only.
     The backward pass never touches the backbone's parameters.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
