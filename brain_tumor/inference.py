@@ -105,15 +105,16 @@ class Predictor:
         """The model's view of the slice at display resolution (same crop, larger)."""
         return apply_crop(gray, crop, size)
 
-    def _one_pass(self, x: torch.Tensor, image: Optional[np.ndarray]) -> OnePass:
+    def _one_pass(self, x: torch.Tensor, image: Optional[np.ndarray], reuse: bool) -> OnePass:
         """The forward pass (with what its heat maps need) for batch ``x``. A single slice's pass is kept for the
-        next few requests: another class's map or Grad-CAM++ for the same slice (the app's class and method
-        menus) then needs no forward pass, only the backward one. Call with the lock held."""
+        next few requests, and with ``reuse`` (another class's map or another method for a slice just answered:
+        the app's menus) it serves them without a forward pass, only the backward one. The default request always
+        runs its own pass. Call with the lock held."""
         key = None
         if image is not None:
             key = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image.shape, self.config.cam_layer,
                    self.precision)
-            run = self._passes.get(key)
+            run = self._passes.get(key) if reuse else None
             if run is not None:
                 self._passes.move_to_end(key)
                 return run
@@ -149,7 +150,9 @@ class Predictor:
             maps = None
             with self.lock:
                 if heatmaps and method in FAST_METHODS:
-                    run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None)
+                    # another class or method than the default: the app's menus, for the slice just shown
+                    reuse = target_index is not None or method != check_method(self.config.cam_method)
+                    run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None, reuse)
                     logits, features = run.logits.detach(), run.features
                     probs, pred = self._answer(logits)
                     classes = pred if target_index is None else np.full(len(pred), target_index)
