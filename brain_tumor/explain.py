@@ -3,8 +3,7 @@
 The fast path runs ONE forward pass that gives both the prediction and the target layer's activations,
 then differentiates the class score with respect to those activations only: the backward pass covers
 the layers after the target layer (written out by hand for ResNet stages, OnePass), never the backbone's
-parameters. Grad-CAM and Grad-CAM++ for any
-class come from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the
+parameters. Grad-CAM and Grad-CAM++ for any class come from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the
 reference; tests check the fast maps against it.
 """
 from __future__ import annotations
@@ -195,14 +194,15 @@ class OnePass:
     >>> maps = run.cams(logits.argmax(1))  # its Grad-CAM maps, N x h x w
     Three ways to the gradient, fastest first; the forward pass is the prediction's own in each:
     - At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
-      the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all.
+      the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all;
+      the forward pass runs in inference mode.
     - At an earlier stage of a ResNet of BasicBlocks (layer3, the default): the later blocks are run and
-      differentiated by hand. The forward pass keeps each ReLU's mask (the same modules, called stage by
-      stage); the backward pass is one transposed convolution per conv, with the BatchNorm scale folded into
-      its weight and the weight pre-packed for oneDNN (_Adjoint), in bf16 where the CPU computes bf16
-      natively (``precision="auto"``; fp32 elsewhere). Gradients match autograd's (to bf16 rounding) and the
-      maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~7.6 ms for autograd.
-    The forward pass runs in inference mode in these two cases.
+      differentiated by hand. The forward pass (inference mode, the same modules called stage by stage)
+      keeps each ReLU's mask; the backward pass is one transposed convolution per conv, with the BatchNorm
+      scale folded into its weight and the weight pre-packed for oneDNN (_Adjoint), in bf16 where the CPU
+      computes bf16 natively (``precision="auto"``; fp32 elsewhere). Gradients match autograd's (to bf16
+      rounding) and the maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~7.6 ms
+      for autograd.
     - Anywhere else (a sub-module path, other blocks): autograd, from the hooked activations onwards only.
     The backward pass never touches the backbone's parameters.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
@@ -298,12 +298,6 @@ class OnePass:
                 self.model.train()
         return self.logits.detach()
 
-    def _head_gradient(self, classes: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """d score / d (last stage's output): the head's weight row, spread evenly by the average pooling."""
-        n, _, h, w = shape
-        head = self.head if self.head is not None else self._last_head
-        return (head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
-
     def _backward_by_hand(self, classes: torch.Tensor) -> torch.Tensor:
         """The gradient at the target layer, through the later BasicBlocks in reverse: for each block
         y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), so with g = dy * [y > 0]
@@ -334,9 +328,10 @@ class OnePass:
         if self.logits is None or self.activations is None:
             raise RuntimeError("call the OnePass object on a batch first")
         classes = torch.as_tensor(classes, dtype=torch.long).view(-1)
-        if self.analytic:
+        if self.analytic:  # the head's weight row, spread evenly by the average pooling
             with torch.inference_mode():
-                return self._head_gradient(classes, self.activations.shape)
+                n, _, h, w = self.activations.shape
+                return (self.head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
         if self.by_hand:
             with torch.inference_mode():
                 return self._backward_by_hand(classes)
