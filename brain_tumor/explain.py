@@ -168,13 +168,15 @@ class _Adjoint:
         if g.dtype != self.dtype or not g.is_contiguous(memory_format=torch.channels_last):
             g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
         key = (tuple(g.shape), size)
-        if key not in self.packed:
+        entry = self.packed.get(key)
+        if entry is None:
             output_padding = [size[i] - ((g.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
                                          + self.dilation[i] * (self.kernel_size[i] - 1) + 1) for i in (0, 1)]
-            if len(self.packed) >= self.PACKED_SHAPES:
-                self.packed.pop(next(iter(self.packed)))
-            self.packed[key] = (output_padding, self._pack(key[0], output_padding))
-        output_padding, packed = self.packed[key]
+            entry = (output_padding, self._pack(key[0], output_padding))
+            while len(self.packed) >= self.PACKED_SHAPES:
+                self.packed.pop(next(iter(self.packed)), None)
+            self.packed[key] = entry
+        output_padding, packed = entry
         if packed is not None:
             try:
                 return torch.ops.mkldnn._convolution_transpose_pointwise(

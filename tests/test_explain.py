@@ -119,6 +119,21 @@ def test_hand_written_backward_without_packed_weights_and_after_weights_change(m
         explain._ADJOINTS.clear()
 
 
+def test_hand_written_backward_over_many_batch_sizes(model):
+    """Packed weights are kept for a few input shapes only, and every batch size gets autograd's gradients."""
+    from brain_tumor import explain
+
+    for n in range(1, 7):
+        x = to_tensor(np.stack([synthetic_slice(700 + i, 64) for i in range(n)]))
+        fast, slow = OnePass(model, "layer3", precision="fp32"), OnePass(model, "layer3")
+        slow.blocks = None
+        fast(x), slow(x)
+        classes = [i % len(CLASSES) for i in range(n)]
+        assert torch.allclose(fast.grads(classes), slow.grads(classes), atol=1e-6, rtol=1e-4)
+    adjoint = explain._ADJOINTS[model.net.layer4[1].conv2]
+    assert 1 <= len(adjoint.packed) <= explain._Adjoint.PACKED_SHAPES
+
+
 def test_cached_backward_weights_do_not_keep_a_model_alive():
     """The folded weights are cached per conv, weakly: dropping the model frees its convs and the cache entries."""
     import gc
