@@ -1,0 +1,199 @@
+"""Which inference options pay on this CPU: the answer's forward pass, several ways, on the same slices.
+
+For each option: milliseconds per forward pass at batch 1 (what the app and a single-file CLI call do),
+images per second at batch 32 (what predict/evaluate over a folder do), and, on a labelled folder, accuracy
+and agreement with the shipped path (same argmax; largest change of a calibrated probability), so that an
+option which changes the arithmetic states what it costs. Options:
+  ours           eager fp32, channels-last, inference mode, torch's thread count (what Predictor runs)
+  nchw           the same in the default NCHW memory format
+  no_grad        torch.no_grad instead of inference mode
+  1-thread       ours with one thread
+  bf16-autocast  ours under bfloat16 autocast (changes the arithmetic)
+  torchscript    torch.jit.trace + freeze + optimize_for_inference (oneDNN pre-packed weights)
+  onnxruntime    ONNX export run by ONNX Runtime (only if `pip install onnxruntime onnx` was done)
+  torch.compile  inductor (needs a C compiler; the compile time is reported apart)
+Forward pass only: decoding, cropping and the heat map are the same for all (benchmarks/latency.py times those).
+
+    python -m benchmarks.inference_options --data VAL --json docs/benchmarks/inference_options.json
+    python -m benchmarks.inference_options --data VAL --skip torch.compile,onnxruntime --repeats 20
+(VAL: a folder of class folders, e.g. the grouped validation split of model/split.json linked into one.)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, write_json
+
+OPTIONS = ("ours", "nchw", "no_grad", "1-thread", "bf16-autocast", "torchscript", "onnxruntime", "torch.compile")
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 32)) -> tuple[Forward, float]:
+    """The option's forward pass (logits for an N x 3 x S x S batch) and the seconds it took to set up
+    (torch.compile: compiling for each batch size in ``sizes``)."""
+    cl = torch.channels_last
+    t0 = time.perf_counter()
+    if name in ("ours", "1-thread"):
+        def fwd(x):
+            with torch.inference_mode():
+                return model(x.contiguous(memory_format=cl))
+        if name == "1-thread":
+            def one(x, _f=fwd):
+                with threads(1):
+                    return _f(x)
+            return one, time.perf_counter() - t0
+        return fwd, time.perf_counter() - t0
+    if name == "nchw":
+        plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+
+        def fwd(x):
+            with torch.inference_mode():
+                return plain(x.contiguous())
+        return fwd, time.perf_counter() - t0
+    if name == "no_grad":
+        def fwd(x):
+            with torch.no_grad():
+                return model(x.contiguous(memory_format=cl))
+        return fwd, time.perf_counter() - t0
+    if name == "bf16-autocast":
+        def fwd(x):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(x.contiguous(memory_format=cl)).float()
+        return fwd, time.perf_counter() - t0
+    if name == "torchscript":
+        with torch.no_grad():
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
+
+        def fwd(x):
+            with torch.no_grad():
+                return frozen(x.contiguous(memory_format=cl))
+        return fwd, time.perf_counter() - t0
+    if name == "onnxruntime":
+        import onnxruntime as ort  # optional: pip install onnxruntime onnx
+
+        path = Path(tempfile.mkdtemp(prefix="bench-onnx-")) / "model.onnx"
+        export = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+        torch.onnx.export(export, (example.contiguous(),), str(path), input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "n"}}, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return (lambda x: torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])), time.perf_counter() - t0
+    if name == "torch.compile":
+        compiled = torch.compile(model)
+
+        def fwd(x):
+            with torch.inference_mode():
+                return compiled(x.contiguous(memory_format=cl))
+        for n in sizes:  # compile for each batch size up front: the compile time is reported, not timed below
+            fwd(example[:1].expand(n, -1, -1, -1).contiguous())
+        return fwd, time.perf_counter() - t0
+    raise ValueError(f"unknown option {name!r}; choose from {OPTIONS}")
+
+
+def time_it(fwd: Forward, x: torch.Tensor, repeats: int, warmup: int = 5) -> list[float]:
+    for _ in range(warmup):
+        fwd(x)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fwd(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help=MODEL_HELP)
+    ap.add_argument("--data", required=True, help="class folders (glioma/ meningioma/ ...) for accuracy and timing")
+    ap.add_argument("--repeats", type=int, default=60, help="batch-1 passes timed per option (median)")
+    ap.add_argument("--skip", default="", help="comma-separated options to leave out, e.g. torch.compile")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    from brain_tumor.data import load_prepared, read_class_folders, to_tensor
+    from brain_tumor.inference import Predictor
+
+    predictor = Predictor(args.model)
+    model, cfg = predictor.model, predictor.config
+    try:
+        folder = read_class_folders(args.data)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = {c: (cfg.class_names.index(c) if c in cfg.class_names else -1) for c in folder.classes}
+    labels = np.array([names[folder.classes[k]] for k in folder.labels])
+    images, _, errors = load_prepared(folder.paths, cfg.img_size, progress=False)
+    keep = np.array([e is None for e in errors]) & (labels >= 0)
+    images, labels = images[keep], labels[keep]
+    batches = [to_tensor(images[i:i + 32], cfg.mean, cfg.std) for i in range(0, len(images), 32)]
+    one, full = batches[0][:1].clone(), batches[0]
+    info = machine()
+    print(describe_machine(info))
+    print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data}", flush=True)
+
+    def probabilities(fwd: Forward) -> np.ndarray:
+        return np.concatenate([torch.softmax(fwd(b).float() / cfg.temperature, 1).numpy() for b in batches])
+
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    results: dict[str, dict] = {}
+    reference = None
+    for name in OPTIONS:
+        if name in skip:
+            continue
+        print(f"  {name} ...", flush=True)
+        try:
+            fwd, setup = build(name, model, one, tuple(sorted({1, len(full), len(batches[-1])})))
+            probs = probabilities(fwd)
+        except Exception as e:  # noqa: BLE001 - an option that cannot run here is reported, not fatal
+            results[name] = {"unavailable": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+            continue
+        if reference is None:
+            reference = probs
+        single = time_it(fwd, one, args.repeats)
+        folder_s = time_it(fwd, full, 5, warmup=1)
+        results[name] = {
+            "setup_s": setup, "batch1_ms": 1000 * float(np.median(single)),
+            "batch32_images_per_s": len(full) / float(np.median(folder_s)),
+            "accuracy": float((probs.argmax(1) == labels).mean()),
+            "same_answer_as_ours": float((probs.argmax(1) == reference.argmax(1)).mean()),
+            "max_probability_change": float(np.abs(probs - reference).max())}
+
+    rows = []
+    for name, r in results.items():
+        if "unavailable" in r:
+            rows.append([name, "-", "-", "-", "-", "-", r["unavailable"][:60]])
+            continue
+        rows.append([name, f"{r['batch1_ms']:.1f}", f"{r['batch32_images_per_s']:.0f}", f"{r['accuracy']:.4f}",
+                     f"{r['same_answer_as_ours']:.4f}", f"{r['max_probability_change']:.1e}",
+                     f"{r['setup_s']:.1f} s" if r["setup_s"] >= 0.5 else ""])
+    print()
+    print(table(["forward pass", "ms @ batch 1", "img/s @ 32", "accuracy", "same answer", "max dP", "setup"], rows))
+    write_json(args.json, "inference_options", {
+        "model": predictor.source, "img_size": cfg.img_size, "data": str(args.data), "images": len(images),
+        "repeats": args.repeats, "options": results}, info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
