@@ -98,7 +98,9 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return (lambda x: torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])), time.perf_counter() - t0
+        def fwd(x):
+            return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+        return fwd, time.perf_counter() - t0
     if name == "torch.compile":
         compiled = torch.compile(model)
 
@@ -150,7 +152,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     one, full = batches[0][:1].clone(), batches[0]
     info = machine()
     print(describe_machine(info))
-    print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data}", flush=True)
+    print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data}",
+          flush=True)
 
     def probabilities(fwd: Forward) -> np.ndarray:
         return np.concatenate([torch.softmax(fwd(b).float() / cfg.temperature, 1).numpy() for b in batches])

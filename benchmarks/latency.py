@@ -16,6 +16,7 @@ peer at 224 px; the table says which.
     python -m benchmarks.latency --n 60 --threads 1,2 --json latency.json
     python -m benchmarks.latency --data examples --model runs/shipped --n 30
     python -m benchmarks.latency --precision fp32                 # as on a CPU without native bf16
+    python -m benchmarks.latency --bf16-answer                    # the answer's forward pass in bf16 (--bf16)
 """
 from __future__ import annotations
 
@@ -144,6 +145,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                     help="the heat maps' backward pass (Predictor(precision=...); auto: bf16 where the CPU has it "
                     "natively). The answer is fp32 either way")
+    ap.add_argument("--bf16-answer", action="store_true",
+                    help="our answer's forward pass under bf16 autocast (Predictor(bf16_answer=True), as --bf16 in "
+                    "the CLI; where the CPU has native bf16)")
     ap.add_argument("--threads", default=None, help="comma-separated torch thread counts to compare, e.g. 1,2 "
                     "(default: torch's own choice)")
     ap.add_argument("--repeats", type=int, default=3, help="folder-throughput runs (median)")
@@ -156,7 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = Path(args.data) if args.data else default_data()
     paths, distinct = sample_images(data, args.n + args.warmup, args.seed)
     warmup, paths = paths[:args.warmup], paths[args.warmup:]
-    predictor = Predictor(args.model, precision=args.precision)
+    predictor = Predictor(args.model, precision=args.precision, bf16_answer=args.bf16_answer)
     peer = PeerPipeline(len(predictor.classes), peer_weights(predictor))
     thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
 
@@ -164,7 +168,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     heatmap_precision = "bf16" if use_bf16(args.precision) else "fp32"
     print(describe_machine(info))
     print(f"model:   {predictor.source}: input {predictor.config.img_size} px (the peer way runs at {PEER_SIZE} px); "
-          f"heat map at {predictor.config.cam_layer}, backward pass in {heatmap_precision}")
+          f"answer in {'bf16 autocast' if predictor.bf16_answer else 'fp32'}; heat map at "
+          f"{predictor.config.cam_layer}, backward pass in {heatmap_precision}")
     print(f"images:  {len(paths)} timed + {len(warmup)} warm-up from {data} ({distinct} distinct, seed {args.seed})",
           flush=True)
     rounds = {}
@@ -201,6 +206,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     write_json(args.json, "latency", {
         "model": predictor.source, "model_img_size": predictor.config.img_size, "peer_img_size": PEER_SIZE,
         "cam_layer": predictor.config.cam_layer, "heatmap_backward_precision": heatmap_precision,
+        "answer_forward": "bf16 autocast" if predictor.bf16_answer else "fp32",
         "data": str(data), "images": len(paths), "distinct_images": distinct, "warmup": len(warmup),
         "seed": args.seed, "rounds": {str(t): r for t, r in rounds.items()}}, info)
     return 0

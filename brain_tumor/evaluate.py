@@ -262,9 +262,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--report", metavar="DIR", help="also write plots and a grid of the worst mistakes")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip heat maps (faster; no heat-map figures)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--bf16", action="store_true",
+                        help="answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 2x "
+                        "faster over a folder on the build machine, the same answers on the validation split; "
+                        "default: fp32)")
     args = parser.parse_args(None if argv is None else list(argv))
     try:
-        predictor = Predictor(args.model)
+        predictor = Predictor(args.model, bf16_answer=args.bf16)
         result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size)
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -272,6 +276,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     figures = result["figures"]
     figures["model"] = predictor.source
     figures["data"] = str(args.data)
+    figures["answer_forward"] = "bf16 autocast" if predictor.bf16_answer else "fp32"
     print(format_figures(figures))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

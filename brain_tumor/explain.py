@@ -3,8 +3,8 @@
 The fast path runs ONE forward pass that gives both the prediction and the target layer's activations,
 then differentiates the class score with respect to those activations only: the backward pass covers
 the layers after the target layer (written out by hand for ResNet stages, OnePass), never the backbone's
-parameters. Grad-CAM and Grad-CAM++ for any class come from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the
-reference; tests check the fast maps against it.
+parameters. Grad-CAM and Grad-CAM++ for any class come from the same activations and gradients.
+pytorch-grad-cam (``compute_with_library``) is the reference; tests check the fast maps against it.
 """
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def _later_blocks(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[li
     TumorClassifier with its own forward) whose BatchNorms keep running statistics, and the head is avgpool ->
     (Dropout) -> Linear. None otherwise (hooks and autograd then do it)."""
     net = getattr(model, "net", model)
-    standard = type(net) is ResNet and (model is net or type(model).forward_with_features is TumorClassifier.forward_with_features)
+    own_forward = getattr(type(model), "forward_with_features", None)
+    standard = type(net) is ResNet and (model is net or own_forward is TumorClassifier.forward_with_features)
     stage = next((n for n in _STAGES[:-1] if getattr(net, n, None) is layer), None)
     if not standard or stage is None or _linear_head(model, getattr(net, "layer4", None)) is None:
         return None
@@ -139,7 +140,8 @@ class _Adjoint:
         self.versions = [t._version for t in self.sources]
         with torch.no_grad():
             scale = torch.rsqrt(bn.running_var + bn.eps) * (1 if bn.weight is None else bn.weight)
-            self.weight = (conv.weight * scale[:, None, None, None]).to(dtype).contiguous(memory_format=torch.channels_last)
+            folded = conv.weight * scale[:, None, None, None]
+            self.weight = folded.to(dtype).contiguous(memory_format=torch.channels_last)
         self.packed: dict[tuple, tuple[list[int], Optional[torch.Tensor]]] = {}
 
     def fresh(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> bool:

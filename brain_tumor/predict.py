@@ -70,10 +70,14 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                         help="heat-map method (gradcam, gradcam++, eigencam, ...; default: the model's own choice)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 2x "
+                        "faster over a folder on the build machine, the same answers on the validation split; "
+                        "default: fp32)")
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         method = check_method(args.method) if args.method else None
-        predictor = Predictor(args.model, threads=args.threads or None)
+        predictor = Predictor(args.model, threads=args.threads or None, bf16_answer=args.bf16)
     except (ModelLoadError, ValueError) as e:
         print(_printable(f"error: {e}", sys.stderr), file=sys.stderr)
         return 2

@@ -244,6 +244,23 @@ def test_another_class_or_method_for_the_same_slice_reuses_its_forward_pass(mode
     assert len(predictor._passes) == Predictor.KEEP_PASSES
 
 
+def test_bf16_answer_keeps_answers_and_maps(model, monkeypatch):
+    from brain_tumor import inference
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    fp32, bf16 = Predictor(model), Predictor(model, bf16_answer=True)
+    assert bf16.bf16_answer and not fp32.bf16_answer
+    grays = [synthetic_slice(800 + i, 96, tumor=i % 2 == 0) for i in range(4)]
+    for a, b in zip(fp32.predict(grays, heatmaps=True), bf16.predict(grays, heatmaps=True, target=None)):
+        assert max(abs(a.probabilities[c] - b.probabilities[c]) for c in CLASSES) < 0.05
+        assert b.heatmap is not None and b.heatmap.shape == a.heatmap.shape
+        if a.heatmap.std() > 0 and a.label == b.label:
+            assert np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1] >= 0.95
+    [plain] = bf16.predict(grays[:1])  # the answer without a map goes through the same bf16 forward pass
+    [mapped] = bf16.predict(grays[:1], heatmaps=True)
+    assert plain.probabilities == pytest.approx(mapped.probabilities, abs=1e-6)
+
+
 def test_cam_power_keeps_the_peak(model):
     predictor = Predictor(model)
     g = synthetic_slice(9, 96)

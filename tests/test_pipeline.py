@@ -181,6 +181,26 @@ def test_evaluate_cli_on_a_tiny_set(class_folders, tiny_model_dir, tmp_path, cap
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_bf16_answers_from_the_command_lines(class_folders, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """--bf16 (on any CPU here: native bf16 is assumed) answers like fp32 and says which forward pass it used."""
+    from brain_tumor import inference
+
+    monkeypatch.setattr(inference, "native_bf16", lambda: True)
+    assert predict.main([str(class_folders), "--model", str(tiny_model_dir), "--json"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert predict.main([str(class_folders), "--model", str(tiny_model_dir), "--json", "--bf16"]) == 0
+    bf16 = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in bf16] == [r["path"] for r in fp32]
+    for a, b in zip(fp32, bf16):
+        assert max(abs(a["probabilities"][c] - b["probabilities"][c]) for c in a["probabilities"]) < 0.05
+    out = tmp_path / "fig.json"
+    assert evaluate.main(["--data", str(class_folders), "--model", str(tiny_model_dir), "--json", str(out),
+                          "--bf16"]) == 0
+    assert json.loads(out.read_text())["answer_forward"] == "bf16 autocast"
+    monkeypatch.setattr(inference, "native_bf16", lambda: False)  # elsewhere the flag falls back to fp32
+    assert not inference.Predictor(str(tiny_model_dir), bf16_answer=True).bf16_answer
+
+
 def test_evaluate_decodes_each_file_once(class_folders, tiny_model_dir, monkeypatch):
     from brain_tumor import inference
     from brain_tumor.inference import Predictor
