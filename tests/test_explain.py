@@ -134,6 +134,20 @@ def test_hand_written_backward_over_many_batch_sizes(model):
     assert 1 <= len(adjoint.packed) <= explain._Adjoint.PACKED_SHAPES
 
 
+@pytest.mark.parametrize("output_stride", [32, 16])
+@pytest.mark.parametrize("size", [72, 90, 100])
+def test_hand_written_backward_on_odd_input_sizes(output_stride, size):
+    """Odd feature-map sizes (7 -> 4 under a stride-2 conv) need the right output padding in the transposed convs."""
+    torch.manual_seed(1)
+    m = create_model(CLASSES, init="scratch", img_size=size, output_stride=output_stride).eval()
+    x = torch.randn(2, 3, size, size)
+    fast, slow = OnePass(m, "layer3", precision="fp32"), OnePass(m, "layer3")
+    slow.blocks = None
+    assert torch.allclose(fast(x), slow(x), atol=1e-5)
+    ours, ref = fast.grads([0, 3]), slow.grads([0, 3])
+    assert ours.shape == ref.shape and float((ours - ref).norm() / ref.norm()) < 1e-5
+
+
 def test_cached_backward_weights_do_not_keep_a_model_alive():
     """The folded weights are cached per conv, weakly: dropping the model frees its convs and the cache entries."""
     import gc
