@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .data import ImageFolder, ImageReadError, head_mask, read_class_folders
-from .inference import Predictor
+from .inference import BF16_ANSWER_HELP, Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, reliability,
                       risk_coverage, roc_curve,
                       tumor_probability, tumor_scores)
@@ -262,10 +262,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--report", metavar="DIR", help="also write plots and a grid of the worst mistakes")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip heat maps (faster; no heat-map figures)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--bf16", action="store_true",
-                        help="answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 2x "
-                        "faster over a folder on the build machine, the same answers on the validation split; "
-                        "default: fp32)")
+    parser.add_argument("--bf16", action="store_true", help=BF16_ANSWER_HELP)
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         predictor = Predictor(args.model, bf16_answer=args.bf16)

@@ -217,8 +217,8 @@ class OnePass:
         self.layer = target_layer(model, layer)
         self.head = _linear_head(model, self.layer)
         self.blocks = None if self.head is not None else _later_blocks(model, self.layer)
-        if self.blocks is not None:
-            self._last_head = _linear_head(model, target_layer(model, "layer4"))
+        # the head after the last stage, where the hand-written backward pass starts
+        self._last_head = None if self.blocks is None else _linear_head(model, target_layer(model, "layer4"))
         self.dtype = torch.bfloat16 if use_bf16(precision) else torch.float32
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None

@@ -19,7 +19,7 @@ import numpy as np
 
 from .data import ImageReadError, list_images
 from .explain import check_method
-from .inference import Predictor
+from .inference import BF16_ANSWER_HELP, Predictor
 from .model import ModelLoadError
 
 
@@ -70,10 +70,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                         help="heat-map method (gradcam, gradcam++, eigencam, ...; default: the model's own choice)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 2x "
-                        "faster over a folder on the build machine, the same answers on the validation split; "
-                        "default: fp32)")
+    parser.add_argument("--bf16", action="store_true", help=BF16_ANSWER_HELP)
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         method = check_method(args.method) if args.method else None
