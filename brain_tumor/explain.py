@@ -126,8 +126,8 @@ class _Adjoint:
     scale folded into the weight (per output channel), in ``dtype``, channels-last.
 
     The weight is also kept pre-packed in oneDNN's layout per input shape (the few most recent): at batch 1 the
-    plain ``conv_transpose2d`` spends more time re-laying the weight out than computing (0.55 ms against 0.24 ms
-    for a 512-channel 3x3 conv on a 5 x 5 map in bf16, measured). Where that private op is missing or fails,
+    plain ``conv_transpose2d`` re-lays the weight out on every call, which costs more than the arithmetic
+    (benchmarks/heatmap_cost.py: the whole bf16 backward pass 3.2 ms unpacked, 2.0 ms packed). Where that private op is missing or fails,
     the plain call is used. Holds the conv's tensors, never the module (the cache is keyed weakly on it)."""
 
     PACKED_SHAPES = 4
@@ -205,7 +205,7 @@ class OnePass:
       keeps each ReLU's mask; the backward pass is one transposed convolution per conv, with the BatchNorm
       scale folded into its weight and the weight pre-packed for oneDNN (_Adjoint), in bf16 where the CPU
       computes bf16 natively (``precision="auto"``; fp32 elsewhere). Gradients match autograd's (to bf16
-      rounding) and the maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~7.6 ms
+      rounding) and the maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~6.5 ms
       for autograd.
     - Anywhere else (a sub-module path, other blocks): autograd, from the hooked activations onwards only.
     The backward pass never touches the backbone's parameters.
@@ -403,7 +403,7 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarr
     """Blend a [0, 1] heat map (JET colours) over a grayscale image: H x W x 3 uint8 RGB.
 
     The map is coloured at its own size (256 levels, straight into RGB order) and the colours are resized to
-    the image, as a browser shows a small picture large: a third of the time of colouring a 512 px map, and
+    the image, as a browser shows a small picture large: faster than colouring a 512 px map, and
     the same picture (mean difference 0.1 of 255 against colouring the resized map; up to 40 in the few pixels
     where the map crosses a corner of the JET scale within one of its own pixels)."""
     colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), _JET_RGB)

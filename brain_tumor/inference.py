@@ -23,8 +23,8 @@ from .model import TumorClassifier, load_model
 from .trust import looks_blank
 
 NEEDS_REVIEW = "uncertain — needs review"
-BF16_ANSWER_HELP = ("answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 2x faster over a "
-                    "folder on the build machine, the same answers on the validation split; default: fp32)")
+BF16_ANSWER_HELP = ("answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 1.8x faster over "
+                    "a folder on the build machine, the same answers on the validation split; default: fp32)")
 NOT_MRI = "this does not look like a brain MRI slice — no diagnosis given"
 
 
@@ -85,9 +85,9 @@ class Predictor:
         it natively, else fp32), ``fp32`` or ``bf16``.
 
         ``bf16_answer``: run the answer's forward pass under bfloat16 autocast, where the CPU computes bf16
-        natively (ignored elsewhere, where it would be slower). On the build machine: about 1.6x faster at
-        batch 1 and 2x over a folder, with the same answer for every slice of the grouped validation split and
-        calibrated probabilities within 0.01 of fp32's (benchmarks/inference_options.py). Off by default: the
+        natively (ignored elsewhere, where it would be slower). On the build machine the forward pass is about
+        1.5x faster at batch 1 and 1.7x at batch 32, with the same answer for every slice of the grouped
+        validation split and calibrated probabilities within 0.01 of fp32's (benchmarks/inference_options.py). Off by default: the
         published figures, calibration and thresholds are fp32's."""
         use_bf16(precision)  # validates
         self.precision = precision
