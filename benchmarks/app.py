@@ -8,7 +8,7 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
     (``Client(url, ssl_verify=ssl.create_default_context())``: certificates are still verified on https):
     gradio_client opens a new httpx client for each request of a call (upload, join, the event stream, one
     download per output image), and by default each one loads the CA bundle again (~25 ms here, even for
-    plain http); with a context made once, none does;
+    plain http); with a context made once, none does; five more default calls are traced to count those loads;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
   - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%).
 For comparison it first times the peer way (benchmarks/latency.py, (a)) on the same images in this process,
@@ -53,6 +53,28 @@ def time_peer(paths: list[Path], n: int, warmup: int = 2) -> dict:
     del peer
     gc.collect()
     return {**summary(times), "threads": torch.get_num_threads()}
+
+
+def count_ca_loads(client, paths: list[Path], calls: int = 5) -> dict:
+    """How often, and for how long, the default client loads CA certificates per /predict call (traced)."""
+    loads: list[float] = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def traced(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return original(self, *a, **k)
+        finally:
+            loads.append(time.perf_counter() - t0)
+
+    ssl.SSLContext.load_verify_locations = traced
+    try:
+        for k in range(calls):
+            predict(client, paths[k % len(paths)])
+    finally:
+        ssl.SSLContext.load_verify_locations = original
+    return {"calls": calls, "loads_per_call": len(loads) / calls,
+            "ms_per_call": 1000 * sum(loads) / calls, "ms_per_load": 1000 * sum(loads) / max(len(loads), 1)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -117,6 +139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 light_latencies.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"light client request {k}: {type(e).__name__}: {str(e)[:200]}")
+        ca_loads = count_ca_loads(client, paths)
         memory = app.memory()
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -153,6 +176,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append([f"soak: RSS after {SOAK_BASE} -> after {total} requests",
                      f"{rss_after[SOAK_BASE]:.0f} -> {rss_after[total]:.0f} MB ({growth:+.1%})",
                      f"within 10%: {meets(abs(growth), 0.10)}"])
+    ca = ca_loads
+    rows.append(["default client: CA-bundle loads per call (traced)",
+                 f"{ca['loads_per_call']:.0f} x {ca['ms_per_load']:.0f} ms = {ca['ms_per_call']:.0f} ms", ""])
     rows.append(["errors", str(len(errors)), ""])
     print()
     print(table(["app (gradio_client, loopback)", "value", "target"], rows))
@@ -163,6 +189,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "launch_to_connected_s": connected_s, "launch_to_first_answer_s": first_s,
         "requests": lat, "latencies_s": latencies, "peer_a_s": peer,
         "requests_client_one_ssl_context": light_lat, "latencies_client_one_ssl_context_s": light_latencies,
+        "default_client_ca_loads": ca_loads,
         "peak_rss_mb": peak, "sampled_peak_rss_mb": sampled_peak, "sum_vmhwm_mb": memory["peak_mb"],
         "processes": memory["processes"], "rss_after_requests_mb": rss_after, "soak": soak,
         "errors": errors, "stop_seconds": app.stop_seconds, "exit_code": app.exit_code}, info)
