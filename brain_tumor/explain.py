@@ -127,8 +127,9 @@ class _Adjoint:
 
     The weight is also kept pre-packed in oneDNN's layout per input shape (the few most recent): at batch 1 the
     plain ``conv_transpose2d`` re-lays the weight out on every call, which costs more than the arithmetic
-    (benchmarks/heatmap_cost.py: the whole bf16 backward pass 3.2 ms unpacked, 2.0 ms packed). Where that private op is missing or fails,
-    the plain call is used. Holds the conv's tensors, never the module (the cache is keyed weakly on it)."""
+    (benchmarks/heatmap_cost.py: the whole bf16 backward pass 3.2 ms unpacked, 2.0 ms packed). Where that
+    private op is missing or fails, the plain call is used. Holds the conv's tensors, never the module (the
+    cache is keyed weakly on it)."""
 
     PACKED_SHAPES = 4
 

@@ -156,6 +156,8 @@ class Predictor:
         predicted class) by ``method``. Grad-CAM/Grad-CAM++ come from the prediction's own forward pass."""
         method = check_method(method or self.config.cam_method)
         target_index = self._class_index(target) if target is not None else None
+        # another class or method than the default (the app's menus, for the slice just shown): its pass is reused
+        reuse = target_index is not None or method != check_method(self.config.cam_method)
         prepared = [self.prepare(g) for g in grays]
         out: list[Prediction] = []
         for start in range(0, len(prepared), batch_size):
@@ -164,8 +166,6 @@ class Predictor:
             maps = None
             with self.lock:
                 if heatmaps and method in FAST_METHODS:
-                    # another class or method than the default: the app's menus, for the slice just shown
-                    reuse = target_index is not None or method != check_method(self.config.cam_method)
                     run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None, reuse)
                     logits, features = run.logits.detach(), run.features
                     probs, pred = self._answer(logits)
