@@ -10,9 +10,12 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
     download per output image), and by default each one loads the CA bundle again (~25 ms here, even for
     plain http); with a context made once, none does; five more default calls are traced to count those loads;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
-  - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%).
+  - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%);
+  - then, once the app has stopped, the same round trips, both clients, to benchmarks/null_app.py: the same
+    /predict API served with no work at all (no decoding, model or rendering), the floor any server reaches
+    through each client on this machine (--no-null-app skips it).
 For comparison it first times the peer way (benchmarks/latency.py, (a)) on the same images in this process,
-before the app starts. The app is always stopped at the end (Ctrl-C, then SIGTERM, then SIGKILL).
+before the app starts. Each app is always stopped at the end (Ctrl-C, then SIGTERM, then SIGKILL).
 
     python -m benchmarks.app                                        # bundled model, 50 requests
     python -m benchmarks.app --model runs/shipped --json app.json
@@ -31,6 +34,8 @@ from typing import Optional
 from benchmarks._harness import (EXAMPLES, MODEL_HELP, describe_machine, machine, meets, sample_images, summary,
                                  table, write_json)
 from benchmarks._server import APP, App, MemorySampler, make_client, predict
+
+NULL_APP = Path(__file__).with_name("null_app.py")
 
 SOAK_BASE = 50  # issue 6 compares RSS after this many requests with RSS after all of them
 
@@ -53,6 +58,33 @@ def time_peer(paths: list[Path], n: int, warmup: int = 2) -> dict:
     del peer
     gc.collect()
     return {**summary(times), "threads": torch.get_num_threads()}
+
+
+def time_requests(client, paths: list[Path], n: int, timeout: float, errors: list[str], name: str) -> list[float]:
+    """Seconds of each of ``n`` sequential /predict round trips (paths cycled); failures are added to ``errors``."""
+    latencies = []
+    for k in range(1, n + 1):
+        t0 = time.perf_counter()
+        try:
+            predict(client, paths[k % len(paths)], timeout=timeout)
+            latencies.append(time.perf_counter() - t0)
+        except Exception as e:  # noqa: BLE001 - counted and reported, then the run goes on
+            errors.append(f"{name} request {k}: {type(e).__name__}: {str(e)[:200]}")
+    return latencies
+
+
+def time_null_app(paths: list[Path], n: int, timeout: float, errors: list[str]) -> dict:
+    """p50/p95 of /predict round trips to benchmarks/null_app.py (no work behind the API), default client and
+    client given one SSL context."""
+    with App(app=NULL_APP) as null:
+        default, _, _ = null.wait_for_answer(paths[0])
+        light = make_client(null.url, null.download_dir(), ssl_verify=ssl.create_default_context())
+        predict(light, paths[0], timeout=timeout)  # warm-up, as the default client's first answer
+        out = {"default_client": summary(time_requests(default, paths, n, timeout, errors, "null app")),
+               "client_one_ssl_context": summary(time_requests(light, paths, n, timeout, errors, "null app, light"))}
+        default.close()
+        light.close()
+    return out
 
 
 def count_ca_loads(client, paths: list[Path], calls: int = 5) -> dict:
@@ -86,7 +118,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--soak", type=int, default=0, metavar="N",
                     help=f"N requests in all, RSS after {SOAK_BASE} and after N (0: off)")
     ap.add_argument("--no-peer", action="store_true", help="skip timing the peer way for comparison")
-    ap.add_argument("--peer-images", type=int, default=12, help="peer-way timings (median)")
+    ap.add_argument("--no-null-app", action="store_true", help="skip timing benchmarks/null_app.py afterwards")
+    ap.add_argument("--peer-images", type=int, default=30, help="peer-way timings (median)")
     ap.add_argument("--launch-timeout", type=float, default=180.0, help="seconds to wait for the first answer")
     ap.add_argument("--request-timeout", type=float, default=120.0, help="seconds one request may take")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -132,13 +165,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if args.soak:
                     print(f"    {k} requests: RSS {rss_after[k]:.0f} MB", flush=True)
         light = make_client(app.url, app.download_dir(), ssl_verify=ssl.create_default_context())
-        for k in range(1, args.requests + 1):
-            t0 = time.perf_counter()
-            try:
-                predict(light, paths[k % len(paths)], timeout=args.request_timeout)
-                light_latencies.append(time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"light client request {k}: {type(e).__name__}: {str(e)[:200]}")
+        light_latencies = time_requests(light, paths, args.requests, args.request_timeout, errors, "light client")
         ca_loads = count_ca_loads(client, paths)
         memory = app.memory()
     except (RuntimeError, TimeoutError) as e:
@@ -148,6 +175,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         sampled_peak = sampler.stop() if sampler else 0.0
         app.stop()
         print(f"  app stopped in {app.stop_seconds or 0:.1f} s (exit code {app.exit_code}); log: {app.log_path}")
+
+    null = None
+    if not args.no_null_app:
+        print(f"  the same requests to {NULL_APP.name} (no work behind the API) ...", flush=True)
+        try:
+            null = time_null_app(paths, args.requests, args.request_timeout, errors)
+        except (RuntimeError, TimeoutError) as e:
+            errors.append(f"null app: {e}")
 
     lat = summary(latencies)
     light_lat = summary(light_latencies) if light_latencies else None
@@ -176,6 +211,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.append([f"soak: RSS after {SOAK_BASE} -> after {total} requests",
                      f"{rss_after[SOAK_BASE]:.0f} -> {rss_after[total]:.0f} MB ({growth:+.1%})",
                      f"within 10%: {meets(abs(growth), 0.10)}"])
+    if null:
+        nd, nl = null["default_client"], null["client_one_ssl_context"]
+        rows.append(["null app (same API, no work): p50 default client / one SSL context",
+                     f"{nd['median']:.4f} / {nl['median']:.4f} s",
+                     f"the floor of any server; default <= peer (a): {meets(nd['median'], peer['median'])}"
+                     if peer else "the floor of any server"])
     ca = ca_loads
     rows.append(["default client: CA-bundle loads per call (traced)",
                  f"{ca['loads_per_call']:.0f} x {ca['ms_per_load']:.0f} ms = {ca['ms_per_call']:.0f} ms", ""])
@@ -189,7 +230,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "launch_to_connected_s": connected_s, "launch_to_first_answer_s": first_s,
         "requests": lat, "latencies_s": latencies, "peer_a_s": peer,
         "requests_client_one_ssl_context": light_lat, "latencies_client_one_ssl_context_s": light_latencies,
-        "default_client_ca_loads": ca_loads,
+        "default_client_ca_loads": ca_loads, "null_app": null,
         "peak_rss_mb": peak, "sampled_peak_rss_mb": sampled_peak, "sum_vmhwm_mb": memory["peak_mb"],
         "processes": memory["processes"], "rss_after_requests_mb": rss_after, "soak": soak,
         "errors": errors, "stop_seconds": app.stop_seconds, "exit_code": app.exit_code}, info)

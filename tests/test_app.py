@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,29 @@ def test_a_client_given_one_ssl_context_gets_the_same_answer(url, client, tmp_pa
     assert np.array_equal(np.asarray(Image.open(overlay_jpg)), np.asarray(Image.open(ref_overlay)))
 
 
+def test_the_benchmarks_null_app_serves_the_same_predict_api(app, tmp_path):
+    """benchmarks/null_app.py is the floor of /predict round trips only if its API is app.py's: same components in,
+    same out, same outputs' formats and sizes."""
+    import importlib
+
+    null = importlib.import_module("benchmarks.null_app")
+
+    def predict_io(demo):
+        [fn] = [f for f in demo.fns.values() if f.api_name == "predict"]
+        return [type(c).__name__ for c in fn.inputs], [type(c).__name__ for c in fn.outputs], fn.preprocess
+
+    assert predict_io(null.demo) == predict_io(app.demo)
+    upload = tmp_path / "scan.jpg"
+    upload.write_bytes(EXAMPLES[0].read_bytes())
+    [fn] = [f for f in null.demo.fns.values() if f.api_name == "predict"]
+    label, overlay_jpg, view_png, summary, _ = fn.fn({"path": str(upload)})
+    assert set(label) == set(null.CLASSES) and "null app" in summary
+    assert not upload.exists()  # the upload is dropped, as app.py drops it once decoded
+    overlay, view = Image.open(overlay_jpg), Image.open(view_png)
+    assert (overlay.format, overlay.size, overlay.mode) == ("JPEG", (512, 512), "RGB")
+    assert (view.format, view.size, view.mode) == ("PNG", (512, 512), "L")
+
+
 def test_dicom_monochrome1_and_2_give_the_answer_of_the_same_pixels(client, tmp_path):
     gray = read_image(EXAMPLES[0])
     reference = confidences(ask(client, EXAMPLES[0])[0])
@@ -312,9 +336,18 @@ def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail(f"app.py did not serve on port {port}: {proc.stdout.read() if proc.poll() is not None else ''}")
+        from gradio_client import Client
+
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)  # holds a heartbeat stream open
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: the app closes itself (heartbeats, queue, server), exit code 0
+        out, _ = proc.communicate(timeout=60)
+        client.close()
+        assert proc.returncode == 0, out
+        assert "Closing server running on port" in out  # Blocks.close ran, not only the HTTP server's close
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def test_python_app_py_reports_a_missing_model(tmp_path):
