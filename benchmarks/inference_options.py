@@ -12,11 +12,16 @@ option which changes the arithmetic states what it costs. Options:
   torchscript    torch.jit.trace + freeze + optimize_for_inference (oneDNN pre-packed weights)
   onnxruntime    ONNX export run by ONNX Runtime (only if `pip install onnxruntime onnx` was done)
   torch.compile  inductor (needs a C compiler; the compile time is reported apart)
+  int8           static int8 quantization (torch.ao FX, x86 backend: per-channel weights, histogram-calibrated
+                 activations) calibrated on --calibration-images slices of the model's TRAINING split (never the
+                 slices scored); also reports how far it moves the out-of-distribution detector's distances
 Forward pass only: decoding, cropping and the heat map are the same for all (benchmarks/latency.py times those).
 
     python -m benchmarks.inference_options --data VAL --json docs/benchmarks/inference_options.json
     python -m benchmarks.inference_options --data VAL --skip torch.compile,onnxruntime --repeats 20
-(VAL: a folder of class folders, e.g. the grouped validation split of model/split.json linked into one.)
+(VAL: a folder of class folders, e.g. the grouped validation split of model/split.json linked into one. int8's
+calibration slices: --calibration DIR, else the "train" list of the model folder's split.json under the Kaggle
+training folder beside the repository; without either, int8 is reported unavailable.)
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ import torch
 
 from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, write_json
 
-OPTIONS = ("ours", "nchw", "no_grad", "1-thread", "bf16-autocast", "torchscript", "onnxruntime", "torch.compile")
+OPTIONS = ("ours", "nchw", "no_grad", "1-thread", "bf16-autocast", "torchscript", "onnxruntime", "torch.compile",
+           "int8")
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -48,9 +54,47 @@ def threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 32)) -> tuple[Forward, float]:
+class _Features(torch.nn.Module):
+    """A torchvision ResNet's logits and pooled features (what TumorClassifier.forward_with_features returns), in a
+    form FX can trace."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.net
+        x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))))
+        features = torch.flatten(n.avgpool(x), 1)
+        return n.fc(features), features
+
+
+def int8_model(model, calibration: list[torch.Tensor]) -> torch.nn.Module:
+    """``model``'s network quantized to int8 (static: weights per channel, activations from histograms of the
+    calibration batches); returns (logits, features) like forward_with_features."""
+    import warnings
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if not calibration:
+        raise ValueError("no calibration slices (--calibration DIR, or the model's split.json and training folder)")
+    torch.backends.quantized.engine = "x86"
+    net = copy.deepcopy(model.net).eval().to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():  # torch.ao's own deprecation notices, once per observer
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(_Features(net), get_default_qconfig_mapping("x86"), (calibration[0][:1],))
+        with torch.inference_mode():
+            for batch in calibration:
+                prepared(batch.contiguous())
+        return convert_fx(prepared)
+
+
+def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 32),
+          calibration: Optional[list[torch.Tensor]] = None) -> tuple[Forward, float]:
     """The option's forward pass (logits for an N x 3 x S x S batch) and the seconds it took to set up
-    (torch.compile: compiling for each batch size in ``sizes``)."""
+    (torch.compile: compiling for each batch size in ``sizes``; int8: calibrating on ``calibration``, the
+    quantized module then kept as ``fwd.features`` for the out-of-distribution check)."""
     cl = torch.channels_last
     t0 = time.perf_counter()
     if name in ("ours", "1-thread"):
@@ -110,7 +154,35 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
         for n in sizes:  # compile for each batch size up front: the compile time is reported, not timed below
             fwd(example[:1].expand(n, -1, -1, -1).contiguous())
         return fwd, time.perf_counter() - t0
+    if name == "int8":
+        quantized = int8_model(model, calibration or [])
+
+        def fwd(x):
+            with torch.inference_mode():
+                return quantized(x.contiguous())[0]
+        fwd.features = quantized  # type: ignore[attr-defined]
+        return fwd, time.perf_counter() - t0
     raise ValueError(f"unknown option {name!r}; choose from {OPTIONS}")
+
+
+def calibration_files(folder: Optional[str], model_source: str, n: int, seed: int = 0) -> list[Path]:
+    """``n`` images to calibrate int8 on: from ``folder``, else from the model's training split (its split.json's
+    "train" list under the Kaggle training folder); [] when neither is there."""
+    import json
+    import random
+
+    from benchmarks._harness import TRAINING_DATA
+    from brain_tumor.data import list_images
+
+    if folder:
+        pool = list_images(folder)
+    else:
+        split = Path(model_source) / "split.json"
+        if not split.is_file() or not TRAINING_DATA.is_dir():
+            return []
+        pool = [TRAINING_DATA / rel for rel in json.loads(split.read_text()).get("train", [])]
+        pool = [p for p in pool if p.is_file()]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
 def time_it(fwd: Forward, x: torch.Tensor, repeats: int, warmup: int = 5) -> list[float]:
@@ -130,11 +202,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--data", required=True, help="class folders (glioma/ meningioma/ ...) for accuracy and timing")
     ap.add_argument("--repeats", type=int, default=60, help="batch-1 passes timed per option (median)")
     ap.add_argument("--skip", default="", help="comma-separated options to leave out, e.g. torch.compile")
+    ap.add_argument("--calibration", default=None,
+                    help="int8's calibration images, a folder walked recursively (default: the model's training split)")
+    ap.add_argument("--calibration-images", type=int, default=256, help="int8 calibration slices (random sample)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
     from brain_tumor.data import load_prepared, read_class_folders, to_tensor
     from brain_tumor.inference import Predictor
+    from brain_tumor.metrics import expected_calibration_error
 
     predictor = Predictor(args.model)
     model, cfg = predictor.model, predictor.config
@@ -150,6 +226,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     images, labels = images[keep], labels[keep]
     batches = [to_tensor(images[i:i + 32], cfg.mean, cfg.std) for i in range(0, len(images), 32)]
     one, full = batches[0][:1].clone(), batches[0]
+    calibration_paths = calibration_files(args.calibration, predictor.source, args.calibration_images)
+    scored = {p.resolve() for p in folder.paths}
+    if any(p.resolve() in scored for p in calibration_paths):
+        print("error: the int8 calibration images include slices being scored; calibrate on other data",
+              file=sys.stderr)
+        return 2
+    cal_images = load_prepared(calibration_paths, cfg.img_size, progress=False)[0] if calibration_paths else []
+    calibration = [to_tensor(cal_images[i:i + 32], cfg.mean, cfg.std) for i in range(0, len(cal_images), 32)]
     info = machine()
     print(describe_machine(info))
     print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data}",
@@ -157,6 +241,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def probabilities(fwd: Forward) -> np.ndarray:
         return np.concatenate([torch.softmax(fwd(b).float() / cfg.temperature, 1).numpy() for b in batches])
+
+    def ood_distances(features_of: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([model.ood_distance(features_of(b)[1]).numpy() for b in batches])
+
+    ood_reference = ood_distances(lambda b: model.forward_with_features(b.contiguous(memory_format=torch.channels_last)))
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, dict] = {}
@@ -166,7 +256,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         print(f"  {name} ...", flush=True)
         try:
-            fwd, setup = build(name, model, one, tuple(sorted({1, len(full), len(batches[-1])})))
+            fwd, setup = build(name, model, one, tuple(sorted({1, len(full), len(batches[-1])})), calibration)
             probs = probabilities(fwd)
         except Exception as e:  # noqa: BLE001 - an option that cannot run here is reported, not fatal
             results[name] = {"unavailable": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
@@ -180,7 +270,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             "batch32_images_per_s": len(full) / float(np.median(folder_s)),
             "accuracy": float((probs.argmax(1) == labels).mean()),
             "same_answer_as_ours": float((probs.argmax(1) == reference.argmax(1)).mean()),
-            "max_probability_change": float(np.abs(probs - reference).max())}
+            "max_probability_change": float(np.abs(probs - reference).max()),
+            "ece": expected_calibration_error(probs.max(1), probs.argmax(1) == labels),
+            "needs_review": float((probs.max(1) < cfg.abstain_below).mean())}
+        if hasattr(fwd, "features"):  # an option with its own features: how far the OOD detector moves
+            distances = ood_distances(lambda b, _m=fwd.features: _m(b.contiguous()))
+            results[name]["ood"] = {
+                "median_relative_change": float(np.median(np.abs(distances - ood_reference) / ood_reference)),
+                "flagged": float((distances > cfg.ood_threshold).mean()),
+                "flagged_ours": float((ood_reference > cfg.ood_threshold).mean())}
+        if name == "int8":
+            results[name]["calibration_slices"] = len(cal_images)
 
     rows = []
     for name, r in results.items():
@@ -192,6 +292,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                      f"{r['setup_s']:.1f} s" if r["setup_s"] >= 0.5 else ""])
     print()
     print(table(["forward pass", "ms @ batch 1", "img/s @ 32", "accuracy", "same answer", "max dP", "setup"], rows))
+    print()
+    print(table(["forward pass", "ECE", "needs review"],
+                [[n, f"{r['ece']:.4f}", f"{r['needs_review']:.1%}"] for n, r in results.items() if "ece" in r]))
+    for name, r in results.items():
+        if "ood" in r:
+            o = r["ood"]
+            print(f"{name}: out-of-distribution distances move by {o['median_relative_change']:.0%} (median); slices "
+                  f"flagged as not an MRI {o['flagged']:.1%} against {o['flagged_ours']:.1%} for ours")
     write_json(args.json, "inference_options", {
         "model": predictor.source, "img_size": cfg.img_size, "data": str(args.data), "images": len(images),
         "repeats": args.repeats, "options": results}, info)
