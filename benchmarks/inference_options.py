@@ -1,9 +1,10 @@
 """Which inference options pay on this CPU: the answer's forward pass, several ways, on the same slices.
 
-For each option: milliseconds per forward pass at batch 1 (what the app and a single-file CLI call do),
-images per second at batch 32 (what predict/evaluate over a folder do), and, on a labelled folder, accuracy
-and agreement with the shipped path (same argmax; largest change of a calibrated probability), so that an
-option which changes the arithmetic states what it costs. Options:
+For each option (all built first, then timed taking turns): milliseconds per forward pass at batch 1 (what
+the app and a single-file CLI call do), images per second at batch 32 (what predict/evaluate over a folder
+do), and, on a labelled folder, accuracy, calibration (ECE, share below the review threshold) and agreement
+with the shipped path (same argmax; largest change of a calibrated probability), so that an option which
+changes the arithmetic states what it costs. Options:
   ours           eager fp32, channels-last, inference mode, torch's thread count (what Predictor runs)
   nchw           the same in the default NCHW memory format
   no_grad        torch.no_grad instead of inference mode
@@ -69,9 +70,9 @@ class _Features(torch.nn.Module):
         return n.fc(features), features
 
 
-def int8_model(model, calibration: list[torch.Tensor]) -> torch.nn.Module:
+def int8_model(model, calibration: list[torch.Tensor]) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``model``'s network quantized to int8 (static: weights per channel, activations from histograms of the
-    calibration batches); returns (logits, features) like forward_with_features."""
+    calibration batches), as a function returning (logits, features) like forward_with_features."""
     import warnings
 
     from torch.ao.quantization import get_default_qconfig_mapping
@@ -87,14 +88,16 @@ def int8_model(model, calibration: list[torch.Tensor]) -> torch.nn.Module:
         with torch.inference_mode():
             for batch in calibration:
                 prepared(batch.contiguous())
-        return convert_fx(prepared)
+        quantized = convert_fx(prepared)
+    return lambda x: quantized(x.contiguous())
 
 
 def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 32),
           calibration: Optional[list[torch.Tensor]] = None) -> tuple[Forward, float]:
     """The option's forward pass (logits for an N x 3 x S x S batch) and the seconds it took to set up
-    (torch.compile: compiling for each batch size in ``sizes``; int8: calibrating on ``calibration``, the
-    quantized module then kept as ``fwd.features`` for the out-of-distribution check)."""
+    (torch.compile: compiling for each batch size in ``sizes``; int8: calibrating on ``calibration``). Options
+    that change the arithmetic also give ``fwd.features``, (logits, features) for a batch, for the
+    out-of-distribution check."""
     cl = torch.channels_last
     t0 = time.perf_counter()
     if name in ("ours", "1-thread"):
@@ -123,6 +126,11 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
         def fwd(x):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(x.contiguous(memory_format=cl)).float()
+
+        def features(x):  # what Predictor(bf16_answer=True) feeds the out-of-distribution detector
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                return model.forward_with_features(x.contiguous(memory_format=cl))
+        fwd.features = features  # type: ignore[attr-defined]
         return fwd, time.perf_counter() - t0
     if name == "torchscript":
         with torch.no_grad():
@@ -141,6 +149,8 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
                           dynamic_axes={"x": {0: "n"}}, dynamo=False)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        # no busy-waiting after each run: its threads would otherwise hold the cores while the next option runs
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         def fwd(x):
             return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
@@ -159,7 +169,7 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
 
         def fwd(x):
             with torch.inference_mode():
-                return quantized(x.contiguous())[0]
+                return quantized(x)[0]
         fwd.features = quantized  # type: ignore[attr-defined]
         return fwd, time.perf_counter() - t0
     raise ValueError(f"unknown option {name!r}; choose from {OPTIONS}")
@@ -185,15 +195,21 @@ def calibration_files(folder: Optional[str], model_source: str, n: int, seed: in
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
-def time_it(fwd: Forward, x: torch.Tensor, repeats: int, warmup: int = 5) -> list[float]:
-    for _ in range(warmup):
-        fwd(x)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fwd(x)
-        out.append(time.perf_counter() - t0)
-    return out
+def time_rounds(forwards: dict[str, Forward], x: torch.Tensor, rounds: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Seconds of each option's forward pass on ``x``, ``rounds`` times, the options taking turns (the order
+    rotating each round) so that a machine speeding up or slowing down mid-run moves every option alike."""
+    for fwd in forwards.values():
+        for _ in range(warmup):
+            fwd(x)
+    names = list(forwards)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            forwards[name](x)
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -250,6 +266,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, dict] = {}
+    forwards: dict[str, Forward] = {}
     reference = None
     for name in OPTIONS:
         if name in skip:
@@ -263,24 +280,29 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         if reference is None:
             reference = probs
-        single = time_it(fwd, one, args.repeats)
-        folder_s = time_it(fwd, full, 5, warmup=1)
+        forwards[name] = fwd
         results[name] = {
-            "setup_s": setup, "batch1_ms": 1000 * float(np.median(single)),
-            "batch32_images_per_s": len(full) / float(np.median(folder_s)),
+            "setup_s": setup,
             "accuracy": float((probs.argmax(1) == labels).mean()),
             "same_answer_as_ours": float((probs.argmax(1) == reference.argmax(1)).mean()),
             "max_probability_change": float(np.abs(probs - reference).max()),
             "ece": expected_calibration_error(probs.max(1), probs.argmax(1) == labels),
             "needs_review": float((probs.max(1) < cfg.abstain_below).mean())}
         if hasattr(fwd, "features"):  # an option with its own features: how far the OOD detector moves
-            distances = ood_distances(lambda b, _m=fwd.features: _m(b.contiguous()))
+            distances = ood_distances(fwd.features)
             results[name]["ood"] = {
                 "median_relative_change": float(np.median(np.abs(distances - ood_reference) / ood_reference)),
                 "flagged": float((distances > cfg.ood_threshold).mean()),
                 "flagged_ours": float((ood_reference > cfg.ood_threshold).mean())}
         if name == "int8":
             results[name]["calibration_slices"] = len(cal_images)
+
+    print(f"  timing {len(forwards)} options, taking turns ...", flush=True)
+    single = time_rounds(forwards, one, args.repeats)
+    folder = time_rounds(forwards, full, 5, warmup=1)
+    for name in forwards:
+        results[name]["batch1_ms"] = 1000 * float(np.median(single[name]))
+        results[name]["batch32_images_per_s"] = len(full) / float(np.median(folder[name]))
 
     rows = []
     for name, r in results.items():
@@ -298,7 +320,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for name, r in results.items():
         if "ood" in r:
             o = r["ood"]
-            print(f"{name}: out-of-distribution distances move by {o['median_relative_change']:.0%} (median); slices "
+            print(f"{name}: out-of-distribution distances move by {o['median_relative_change']:.1%} (median); slices "
                   f"flagged as not an MRI {o['flagged']:.1%} against {o['flagged_ours']:.1%} for ours")
     write_json(args.json, "inference_options", {
         "model": predictor.source, "img_size": cfg.img_size, "data": str(args.data), "images": len(images),
