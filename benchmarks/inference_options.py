@@ -56,18 +56,14 @@ def threads(n: int) -> Iterator[None]:
 
 
 class _Features(torch.nn.Module):
-    """A torchvision ResNet's logits and pooled features (what TumorClassifier.forward_with_features returns), in a
-    form FX can trace."""
+    """A model's forward_with_features as its forward, which FX traces (through the model's own code)."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.net = net
+        self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.net
-        x = n.layer4(n.layer3(n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x))))))))
-        features = torch.flatten(n.avgpool(x), 1)
-        return n.fc(features), features
+        return self.model.forward_with_features(x)
 
 
 def int8_model(model, calibration: list[torch.Tensor]) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -81,10 +77,10 @@ def int8_model(model, calibration: list[torch.Tensor]) -> Callable[[torch.Tensor
     if not calibration:
         raise ValueError("no calibration slices (--calibration DIR, or the model's split.json and training folder)")
     torch.backends.quantized.engine = "x86"
-    net = copy.deepcopy(model.net).eval().to(memory_format=torch.contiguous_format)
+    copied = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():  # torch.ao's own deprecation notices, once per observer
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(_Features(net), get_default_qconfig_mapping("x86"), (calibration[0][:1],))
+        prepared = prepare_fx(_Features(copied), get_default_qconfig_mapping("x86"), (calibration[0][:1],))
         with torch.inference_mode():
             for batch in calibration:
                 prepared(batch.contiguous())
