@@ -87,8 +87,8 @@ class Predictor:
         ``bf16_answer``: run the answer's forward pass under bfloat16 autocast, where the CPU computes bf16
         natively (ignored elsewhere, where it would be slower). On the build machine the forward pass is about
         1.3x faster at batch 1 and 1.8x at batch 32, with the same answer for every slice of the grouped
-        validation split and calibrated probabilities within 0.01 of fp32's (benchmarks/inference_options.py). Off by default: the
-        published figures, calibration and thresholds are fp32's."""
+        validation split and calibrated probabilities within 0.01 of fp32's (benchmarks/inference_options.py).
+        Off by default: the published figures, calibration and thresholds are fp32's."""
         use_bf16(precision)  # validates
         self.precision = precision
         self.bf16_answer = bool(bf16_answer) and native_bf16()
