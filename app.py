@@ -49,6 +49,7 @@ METHODS = [m for m in LIBRARY_METHODS if m != "ablationcam"]  # AblationCAM take
 PREDICTED = "predicted"
 DEFAULT_OPACITY = 0.45
 DISCLAIMER = "Research demo, not a diagnostic device. It must not be used to make clinical decisions."
+NOT_ASSESSED = "not assessed: this does not look like a brain MRI"  # the label shown when no answer is given
 DELETE_CACHE = (300, 600)  # every 5 minutes, delete output images older than 10 minutes
 
 
@@ -66,7 +67,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def summary(pred: Prediction, predictor: Predictor) -> str:
     """The answer in words: verdict, tumour probability, and what the heat map is."""
     if not pred.looks_like_mri:
-        lines = [f"**{pred.verdict}.** The probabilities below are not meaningful for this image."]
+        lines = [f"**{pred.verdict}.** No class is assessed for this image."]
     elif pred.needs_review:
         lines = [f"**{pred.verdict}.** Confidence {pred.confidence:.1%} is below the model's threshold of "
                  f"{predictor.config.abstain_below:.0%}."]
@@ -185,7 +186,9 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             raise gr.Error(html.escape(f"Could not use this file: {e}"), print_exception=False) from None
         view = predictor.view(gray, pred.crop)
         state = {**state, "view": view, "heat": pred.heatmap}
-        return (pred.probabilities, render(overlay(view, pred.heatmap, opacity), "overlay"), render(view, "view"),
+        # a withheld answer shows no class as the answer: the label carries none of the model's classes
+        answer = pred.probabilities if pred.looks_like_mri else NOT_ASSESSED
+        return (answer, render(overlay(view, pred.heatmap, opacity), "overlay"), render(view, "view"),
                 summary(pred, predictor), state)
 
     def reblend(state: Optional[dict], opacity: float):

@@ -63,7 +63,8 @@ class Prediction:
     def to_json(self) -> dict[str, Any]:
         out = {"label": self.label, "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
                "tumor_probability": round(self.tumor_probability, 6), "confidence": round(self.confidence, 6),
-               "uncertainty": round(self.uncertainty, 6), "needs_review": self.needs_review,
+               "uncertainty": round(self.uncertainty, 6),
+               "needs_review": self.needs_review or not self.looks_like_mri,  # a withheld answer always needs review
                "looks_like_mri": self.looks_like_mri}
         out.update(self.extra)
         return out

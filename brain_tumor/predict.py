@@ -104,11 +104,16 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                 failed += 1
         records.append(record)
 
-    if args.json:
-        json.dump(records, sys.stdout, indent=1)
-        print()
-    else:
-        print(_printable(format_table(records, predictor)))
+    try:
+        if args.json:
+            json.dump(records, sys.stdout, indent=1)
+            print()
+        else:
+            print(_printable(format_table(records, predictor)))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: the reader has gone; say nothing more, as other Unix tools do
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 2 if failed else 0
 
 

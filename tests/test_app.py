@@ -355,3 +355,15 @@ def test_python_app_py_reports_a_missing_model(tmp_path):
     out = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "nowhere")], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "model not found" in out.stderr
+
+
+def test_a_withheld_answer_shows_no_class(app, monkeypatch):
+    """Not a brain MRI: the label output names none of the model's classes, and the JSON says needs review."""
+    pred = app.predictor.predict([read_image(EXAMPLES[0])], heatmaps=True)[0]
+    pred.looks_like_mri = False
+    assert pred.to_json()["needs_review"] is True
+    monkeypatch.setattr(app.Predictor, "predict", lambda self, *a, **k: [pred])
+    demo = app.build_demo(app.predictor)
+    fn = next(d.fn for d in demo.fns.values() if d.api_name == "predict")
+    label, *_ = fn({"path": str(EXAMPLES[0])})
+    assert label == app.NOT_ASSESSED and label not in app.predictor.classes
