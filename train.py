@@ -2,17 +2,22 @@
 
     # the original recipe: ImageNet init, backbone lr 1e-4, head lr 1e-3, plateau schedule, early stopping
     python train.py --data ../shared/data/brain-tumor-mri --out runs/resnet18
-    # the shipped model: from scratch, every layer at one learning rate, one-cycle (see README for the exact command)
-    python train.py --data ../shared/data/brain-tumor-mri/Training --init scratch --backbone-lr same \
-        --schedule onecycle --lr 2e-3 --img-size 128 --epochs 10 --out model
+    # several sources at once (the shipped model; see README for the exact command)
+    python train.py --data ../shared/data/brain-tumor-mri/Training --data ../shared/data/lgg-segmentation \
+        --data ../shared/data/mri-44class-half --init model --backbone-lr same --schedule onecycle \
+        --lr 6e-4 --img-size 160 --epochs 10 --out runs/multi
     # publish
     python train.py ... --push-to-hub user/brain-tumor-resnet18
+
+    # several processes or GPUs (DistributedDataParallel; --batch-size is per process)
+    torchrun --nproc_per_node 2 train.py --data ... --out runs/ddp
 
 Ctrl-C stops after saving; the same command resumes from the last finished epoch.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from dataclasses import fields
@@ -24,7 +29,9 @@ def parse_args(argv=None) -> TrainConfig:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", required=True, help="class folders, or a root holding Training/ and Testing/")
+    p.add_argument("--data", required=True, action="append", metavar="DIR",
+                   help="a data root (repeat for several): class folders, Training/ + Testing/, or sequence folders "
+                        "of class folders (flair/glioma/...); classes are the union, mapped through the aliases")
     p.add_argument("--out", default=d.out, help="output model folder (Hugging Face layout)")
     p.add_argument("--init", default=d.init, help="imagenet | scratch | PATH (.safetensors or model folder)")
     p.add_argument("--img-size", type=int, default=d.img_size)
@@ -48,16 +55,34 @@ def parse_args(argv=None) -> TrainConfig:
                    help="share of training images given a random tissue-contrast curve")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                    help="forward pass in bfloat16 autocast (fp32 weights); auto: where the CPU has native bf16")
+    p.add_argument("--source-balance", type=float, default=d.source_balance,
+                   help="a source/sequence group of n images is drawn with total weight n**this per epoch "
+                        "(1: as pooled, 0: every group equally)")
+    p.add_argument("--epoch-size", type=int, default=d.epoch_size,
+                   help="images drawn per epoch (with replacement, by those weights); 0: the training split's size")
+    p.add_argument("--no-mri-aug", dest="mri_aug", action="store_false",
+                   help="no skull stripping, bias field, ghosting, motion, Gibbs, noise, low resolution, film looks")
+    p.add_argument("--strip-p", type=float, default=d.strip_p, help="share of training slices skull-stripped")
+    p.add_argument("--artefact-p", type=float, default=d.artefact_p, help="share of slices given each MRI artefact")
+    p.add_argument("--loc-weight", type=float, default=d.loc_weight,
+                   help="heat-map objective: weight of the class activation outside the tumour mask (masked slices)")
+    p.add_argument("--head-weight", type=float, default=d.head_weight,
+                   help="weight of the class activation outside the head, on tumour slices without a mask")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="auto: the (local rank's) GPU where CUDA is available, else the CPU")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun ranks (CUDA only)")
+    p.add_argument("--split-from", default=d.split_from, metavar="SPLIT_JSON",
+                   help="keep the train/validation side of every image this split.json lists "
+                        "(default: the split.json of the --init model folder, if any)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="use a random subset (smoke tests)")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     a = p.parse_args(argv)
-    if a.img_size < 32:
-        p.error("--img-size must be at least 32")
-    if a.epochs < 1:
-        p.error("--epochs must be at least 1")
     values = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
-    values["backbone_lr"] = None if a.backbone_lr.lower() in ("same", "none") else float(a.backbone_lr)
-    return TrainConfig(**values)
+    try:
+        values["backbone_lr"] = None if a.backbone_lr.lower() in ("same", "none") else float(a.backbone_lr)
+        return TrainConfig(**values)
+    except ValueError as e:
+        p.error(str(e).replace("img_size", "--img-size").replace("epochs", "--epochs"))
 
 
 def main(argv=None) -> int:
@@ -74,7 +99,7 @@ def main(argv=None) -> int:
     except (ValueError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.push_to_hub:
+    if cfg.push_to_hub and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 alone publishes
         from brain_tumor.hub import push_to_hub
         try:
             url = push_to_hub(out, cfg.push_to_hub)

@@ -2,7 +2,7 @@
 tumour boxes, and heat inside the head on those and on other slices.
 
     python -m benchmarks.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
-        --heads VALIDATION_DIR --json heatmaps.json --apply
+        --boxes ../shared/data/lgg-segmentation --split model/split.json --heads VALIDATION_DIR --apply
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
@@ -44,7 +44,10 @@ def score(predictor: Predictor, grays, boxes, method: str, layer: str, power: fl
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--boxes", default="../shared/data/tumor-boxes-sample")
+    ap.add_argument("--boxes", action="append", default=None, metavar="DIR",
+                    help="root(s) of tumour slices with YOLO box files beside them (any layout train.py reads; "
+                         "default ../shared/data/tumor-boxes-sample)")
+    ap.add_argument("--split", metavar="SPLIT_JSON", help="keep only the validation images this split.json lists")
     ap.add_argument("--heads", default=None, help="extra folder of slices (no boxes) for the head figure")
     ap.add_argument("--n-heads", type=int, default=200)
     ap.add_argument("--layers", default="layer2,layer3,layer4")
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
     original_layer = predictor.config.cam_layer
-    box_paths = [p for p in list_images(args.boxes) if p.suffix.lower() != ".txt"]
+    args.boxes = args.boxes or ["../shared/data/tumor-boxes-sample"]
+    box_paths = _box_slices(args.boxes, args.split)
     box_grays = [read_image(p) for p in box_paths]
     boxes = [read_yolo_box(p.with_suffix(".txt")) for p in box_paths]
     head_grays = []
@@ -87,6 +91,15 @@ def main(argv=None) -> int:
 MIN_HEAT_IN_HEAD = 0.90
 
 
+def _box_slices(roots: list[str], split: str = None) -> list[Path]:
+    """Tumour slices with a box file beside them, under the roots (only the split's validation images if given)."""
+    from brain_tumor.datasets import previous_sides, read_roots
+
+    col, _ = read_roots(roots)
+    keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, Path(split)) != 0
+    return [p for p, k in zip(col.paths, keep) if k and p.with_suffix(".txt").is_file()]
+
+
 def _in_head(row: dict) -> float:
     return row.get("heat_in_head_other_slices", row["heat_in_head"])
 
@@ -103,7 +116,7 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
     c.metrics["heatmaps"] = {
         **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
                                      "heat_in_head", "heat_in_head_other_slices")},
-        "data": f"{boxes} ({best['n_boxes']} slices)",
+        "data": f"{', '.join(boxes)} ({best['n_boxes']} slices)",
         "why": f"Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping >= {MIN_HEAT_IN_HEAD:.2f} "
                "of their heat inside the head, of (pointing / in box / in head): "
                + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"

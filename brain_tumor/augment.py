@@ -1,36 +1,24 @@
 """Training augmentations, applied to whole batches of prepared slices as tensors (fast on a CPU).
 
-Geometry: flips, rotation, scale, translation. Intensity, to break the MRI-sequence shortcut (in the
-training data 'no tumour' is mostly axial T2/FLAIR while tumours are mostly T1 contrast-enhanced):
-a random piecewise-linear intensity curve that keeps the background black but may reorder tissue
-brightness (as T1 vs T2 does), gamma, contrast, blur and noise.
+The aim is a model for which the MRI sequence, the scanner and the framing carry no information, only the
+anatomy does. Geometry: flips, rotation, scale, translation (applied to tumour masks too). Contrast: a random
+piecewise-linear intensity curve that keeps the background black but may reorder tissue brightness (as T1,
+T2 and FLAIR do), tissue inversion inside the head, gamma, contrast, blur. MRI artefacts: bias field, Gibbs
+ringing and Rician noise (MONAI's transforms), ghosting and motion (k-space, written here: MONAI has neither
+and TorchIO's need SimpleITK), lower acquisition resolution. Inputs as users bring them: skull-stripped slices
+(zero outside the brain, zoomed as the head crop then frames them) and photographed films (grey background,
+glare, low contrast).
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 15.0,
-              scale: tuple[float, float] = (0.85, 1.15), max_shift: float = 0.08) -> torch.Tensor:
-    """Random flip, rotation, scale and shift of an N x C x S x S batch (values in [0, 1], zero padding)."""
-    n = x.shape[0]
-    rand = torch.rand(n, 4, generator=generator)
-    angle = (rand[:, 0] * 2 - 1) * math.radians(max_rotate)
-    s = scale[0] + rand[:, 1] * (scale[1] - scale[0])
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
-    theta[:, 0, 2] = (rand[:, 2] * 2 - 1) * max_shift * 2
-    theta[:, 1, 2] = (rand[:, 3] * 2 - 1) * max_shift * 2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def intensity_curve(x: torch.Tensor, generator: torch.Generator, p: float = 0.3, knots: int = 5) -> torch.Tensor:
@@ -75,13 +63,189 @@ def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3) -> torch.Tensor:
-    """The full training augmentation of an N x 1 x S x S batch in [0, 1]."""
-    x = geometric(x, generator)
+def _fill(mask: torch.Tensor) -> torch.Tensor:
+    """Fill holes of an N x 1 x S x S boolean mask: inside along a row and inside along a column."""
+    def span(m, dim):
+        fwd = m.cummax(dim).values
+        back = m.flip(dim).cummax(dim).values.flip(dim)
+        return fwd & back
+    return span(mask, 3) & span(mask, 2)
+
+
+def brain_mask(x: torch.Tensor, strip: float = 0.08) -> torch.Tensor:
+    """A rough brain mask of N x 1 x S x S slices: the filled head, eroded by ``strip`` of the side (skull, scalp)."""
+    s = x.shape[-1]
+    head = _fill(F.avg_pool2d(x, 5, 1, 2) > 0.08)
+    k = max(3, int(strip * s) | 1)
+    return (-F.max_pool2d(-head.float(), k, 1, k // 2)) > 0.5
+
+
+def skull_strip(x: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """Zero outside the brain for the images where ``use`` is True (BraTS-style skull-stripped inputs)."""
+    if not use.any():
+        return x
+    x = x.clone()
+    strip = 0.06 + 0.06 * torch.rand(1).item()  # skull and scalp: 6-12% of the side
+    soft = F.avg_pool2d(brain_mask(x[use], strip).float(), 3, 1, 1)
+    x[use] = x[use] * soft
+    return x
+
+
+def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 15.0,
+              scale: tuple[float, float] = (0.85, 1.15), max_shift: float = 0.08,
+              zoom: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Random flip, rotation, scale and shift of an N x C x S x S batch (values in [0, 1], zero padding).
+    ``zoom`` (N,) multiplies each image's scale (>1 enlarges)."""
+    n = x.shape[0]
+    rand = torch.rand(n, 4, generator=generator)
+    angle = (rand[:, 0] * 2 - 1) * math.radians(max_rotate)
+    s = scale[0] + rand[:, 1] * (scale[1] - scale[0])
+    if zoom is not None:
+        s = s * zoom
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
+    theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
+    theta[:, 0, 2] = (rand[:, 2] * 2 - 1) * max_shift * 2
+    theta[:, 1, 2] = (rand[:, 3] * 2 - 1) * max_shift * 2
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def invert_tissue(x: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
+    """Invert brightness inside the head (T1 <-> T2-like contrast), background kept black."""
+    if not use.any():
+        return x
+    x = x.clone()
+    sub = x[use]
+    inside = _fill(F.avg_pool2d(sub, 5, 1, 2) > 0.12).float()
+    x[use] = inside * (1.05 - sub).clamp(0, 1)
+    return x
+
+
+def ghosting(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Ghosts along the phase-encoding axis: every k-th k-space line attenuated (TorchIO's RandomGhosting idea)."""
+    if not use.any():
+        return x
+    x = x.clone()
+    sub = x[use]
+    k = torch.fft.fftshift(torch.fft.fft2(sub), dim=(-2, -1))
+    every = int(torch.randint(2, 6, (1,), generator=generator))
+    strength = 0.1 + 0.3 * float(torch.rand(1, generator=generator))
+    rows = torch.ones(sub.shape[-2])
+    rows[::every] = 1 - strength
+    c = sub.shape[-2] // 2
+    rows[c - 4:c + 5] = 1.0  # keep the centre of k-space: the image itself
+    along_rows = float(torch.rand(1, generator=generator)) < 0.5 or sub.shape[-1] != sub.shape[-2]
+    k = k * (rows.view(1, 1, -1, 1) if along_rows else rows.view(1, 1, 1, -1))
+    x[use] = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).abs().clamp(0, 1)
+    return x
+
+
+def motion(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Patient motion during the scan: part of k-space taken from a slightly moved copy of the slice."""
+    if not use.any():
+        return x
+    x = x.clone()
+    sub = x[use]
+    moved = geometric(sub, generator, max_rotate=4.0, scale=(0.98, 1.02), max_shift=0.02)
+    k, km = torch.fft.fft2(sub), torch.fft.fft2(moved)
+    h = sub.shape[-2]
+    freq = torch.fft.fftfreq(h).abs().view(1, 1, -1, 1)
+    cut = 0.05 + 0.2 * float(torch.rand(1, generator=generator))
+    k = torch.where(freq > cut, km, k)  # outer k-space lines acquired after the movement
+    x[use] = torch.fft.ifft2(k).abs().clamp(0, 1)
+    return x
+
+
+def low_resolution(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Acquired at 1/1.5 to 1/3 of the resolution (thick slices, small matrix), then interpolated back."""
+    if not use.any():
+        return x
+    x = x.clone()
+    s = x.shape[-1]
+    f = 1.5 + 1.5 * float(torch.rand(1, generator=generator))
+    small = F.interpolate(x[use], size=max(8, int(s / f)), mode="area")
+    x[use] = F.interpolate(small, size=s, mode="bilinear", align_corners=False).clamp(0, 1)
+    return x
+
+
+def film(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A photographed film: lifted (grey) background, lower contrast, a glare gradient, vignetting."""
+    if not use.any():
+        return x
+    x = x.clone()
+    sub = x[use]
+    n, _, h, w = sub.shape
+    r = torch.rand(n, 5, generator=generator)
+    base = (0.05 + 0.2 * r[:, 0]).view(n, 1, 1, 1)
+    contrast = (0.6 + 0.35 * r[:, 1]).view(n, 1, 1, 1)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    angle = r[:, 2].view(n, 1, 1) * 2 * math.pi
+    glare = (0.15 * r[:, 3]).view(n, 1, 1) * (torch.cos(angle) * xx + torch.sin(angle) * yy)
+    vignette = 1 - 0.25 * r[:, 4].view(n, 1, 1) * (xx ** 2 + yy ** 2) / 2
+    x[use] = ((base + contrast * sub + glare.unsqueeze(1)) * vignette.unsqueeze(1)).clamp(0, 1)
+    return x
+
+
+def _monai(x: torch.Tensor, use: torch.Tensor, transform, generator: torch.Generator) -> torch.Tensor:
+    """Apply a MONAI array transform (channel-first, one image at a time) to the images where ``use`` is True."""
+    if not use.any():
+        return x
+    x = x.clone()
+    transform.set_random_state(seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
+    for i in torch.nonzero(use).flatten().tolist():
+        y = torch.as_tensor(transform(x[i]), dtype=x.dtype)
+        x[i] = y / y.amax().clamp(min=1.0) if y.amax() > 1 else y.clamp(0, 1)
+    return x
+
+
+@functools.lru_cache(maxsize=1)
+def _monai_transforms():
+    from monai.transforms import RandBiasField, RandGibbsNoise, RandRicianNoise
+
+    return (RandBiasField(prob=1.0, degree=3, coeff_range=(0.05, 0.3)),
+            RandGibbsNoise(prob=1.0, alpha=(0.2, 0.7)),
+            RandRicianNoise(prob=1.0, std=0.04, relative=False, sample_std=True))
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3,
+            mask: Optional[torch.Tensor] = None, mri: bool = False, strip_p: float = 0.15,
+            artefact_p: float = 0.15, film_p: float = 0.05):
+    """The full training augmentation of an N x 1 x S x S batch in [0, 1].
+
+    ``mask`` (N x 1 x S x S, tumour masks) gets the same geometry; with a mask the return is (x, mask).
+    ``mri`` adds the sequence, artefact and input-kind augmentations (skull stripping with probability
+    ``strip_p``, each artefact with ``artefact_p``, film looks with ``film_p``)."""
+    n = x.shape[0]
+    zoom = None
+    if mri:
+        stripped = torch.rand(n, generator=generator) < strip_p
+        x = skull_strip(x, stripped)
+        # the head crop frames a stripped brain as it framed the head: about 1/(1 - 2 * 0.08) larger
+        zoom = torch.where(stripped, 1.15 + 0.1 * torch.rand(n, generator=generator), torch.ones(n))
+    if mask is not None:
+        both = geometric(torch.cat([x, mask.float()], 1), generator, zoom=zoom)
+        x, mask = both[:, :1], both[:, 1:]
+    else:
+        x = geometric(x, generator, zoom=zoom)
     if intensity:
         x = intensity_curve(x, generator, p=curve_p)
+        if mri:
+            x = invert_tissue(x, torch.rand(n, generator=generator) < 0.1)
         x = photometric(x, generator)
-    return x
+    if mri:
+        roll = lambda: torch.rand(n, generator=generator) < artefact_p  # noqa: E731
+        bias, gibbs, rician = _monai_transforms()
+        x = _monai(x, roll(), bias, generator)
+        x = ghosting(x, roll(), generator)
+        x = motion(x, roll(), generator)
+        x = low_resolution(x, roll(), generator)
+        x = _monai(x, roll(), gibbs, generator)
+        x = _monai(x, roll(), rician, generator)
+        x = film(x, torch.rand(n, generator=generator) < film_p, generator)
+    return (x, mask) if mask is not None else x
 
 
 def save_augmentation_grid(path: str, out: str, size: int = 224, n: int = 15, seed: int = 0) -> None:
@@ -95,7 +259,7 @@ def save_augmentation_grid(path: str, out: str, size: int = 224, n: int = 15, se
     img, _ = prepare(read_image(path), size)
     base = torch.from_numpy(img).float().div(255).view(1, 1, size, size).repeat(n, 1, 1, 1)
     g = torch.Generator().manual_seed(seed)
-    aug = augment(base, g).squeeze(1).numpy()
+    aug = augment(base, g, mri=True, strip_p=0.3, artefact_p=0.2, film_p=0.1).squeeze(1).numpy()
     cols = 4
     rows = math.ceil((n + 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.5, rows * 2.5))

@@ -65,7 +65,7 @@ def is_no_tumor(name: str) -> bool:
 class TrainConfig:
     """Everything a training run needs; train.py flags map one to one onto these fields."""
 
-    data: str = ""  # root of class folders, or a Kaggle root holding Training/ and Testing/
+    data: list[str] = field(default_factory=list)  # data roots: class folders, Training/ + Testing/, or sequence/class folders
     out: str = "runs/brain-tumor-resnet18"  # output folder in Hugging Face layout
     init: str = "imagenet"  # imagenet | scratch | path to a .safetensors file or model folder
     img_size: int = 224  # square network input, pixels
@@ -85,6 +85,31 @@ class TrainConfig:
     intensity_aug: bool = True  # intensity curves, gamma, contrast, blur, noise: break the sequence cue
     curve_p: float = 0.3  # share of images whose tissue contrast is reordered by a random intensity curve
     precision: str = "auto"  # fp32 | bf16 (autocast, fp32 master weights) | auto: bf16 where the CPU has it natively
+    source_balance: float = 0.5  # a (source, sequence) group of n images is drawn with total weight n ** this (1: pooled)
+    epoch_size: int = 0  # images drawn per epoch (with replacement, by those weights); 0 = the training split's size
+    mri_aug: bool = True  # skull stripping, bias field, ghosting, motion, Gibbs, Rician noise, low resolution, film
+    strip_p: float = 0.15  # share of training images skull-stripped
+    artefact_p: float = 0.12  # share of training images given each MRI artefact
+    loc_weight: float = 1.0  # weight of the heat-map objective: CAM mass outside the tumour mask (masked slices)
+    head_weight: float = 0.1  # weight of CAM mass outside the head, on tumour slices without a mask
+    device: str = "auto"  # auto (CUDA where available) | cpu | cuda; under torchrun each rank takes its local GPU
+    sync_bn: bool = False  # SyncBatchNorm across ranks (CUDA only)
+    split_from: str = ""  # an earlier split.json whose sides are kept (default: the --init model folder's own)
     max_images: int = 0  # 0 = all; small values for smoke tests
     push_to_hub: Optional[str] = None  # repo id, e.g. user/brain-tumor-resnet18
     notes: list[str] = field(default_factory=list)  # free text copied into the model card
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data] if self.data else []
+        checks = [(self.img_size >= 32, "img_size must be at least 32"), (self.epochs >= 1, "epochs must be at least 1"),
+                  (self.batch_size >= 2, "batch_size must be at least 2"),
+                  (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+                  (0 <= self.source_balance <= 1, "source_balance must be between 0 and 1"),
+                  (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
+                  (0 <= self.strip_p <= 1 and 0 <= self.artefact_p <= 1, "strip_p and artefact_p must be in [0, 1]"),
+                  (self.epoch_size >= 0, "epoch_size must be >= 0"),
+                  (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

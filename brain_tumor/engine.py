@@ -1,9 +1,12 @@
-"""Training loop, validation, calibration: fit(), train_one_epoch(), evaluate_logits(), fit_temperature().
+"""Training loop, validation, calibration: fit(), train_one_epoch(), validate(), evaluate_logits(), fit_temperature().
 
-Images are decoded and prepared once and held in memory as uint8; augmentation runs on whole
-batches as tensors. The validation split is grouped by near-duplicates (see data.py) and saved as
-split.json beside the checkpoint. Progress is saved after every epoch (train_state.pt, tensors only,
-loaded with weights_only=True), so Ctrl-C and the same command again resumes.
+Images of every data root are decoded and prepared once and held in memory as uint8; augmentation runs on
+whole batches as tensors. Each epoch draws its images with per-source weights (datasets.sampling_weights) so
+that no source dominates. The validation split is grouped by patient and near-duplicates (datasets.split)
+and saved as split.json beside the checkpoint; validation is reported per source and sequence, and the best
+epoch is the one with the best metrics.selection_score over those groups. Progress is saved after every epoch
+(``<out>.train_state.pt`` beside the model folder, tensors only, loaded with weights_only=True), so Ctrl-C
+and the same command again resumes.
 """
 from __future__ import annotations
 
@@ -11,19 +14,21 @@ import json
 import math
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import augment
+from .augment import augment, skull_strip
 from .config import TrainConfig, use_bf16
-from .data import find_splits, grouped_split, load_prepared, near_duplicate_groups
-from .metrics import classification_report
+from .distributed import World, setup, teardown
+from . import datasets
+from .metrics import classification_report, format_group_table, group_reports, selection_score
 from .model import TumorClassifier, create_model, save_model
 from .trust import record_calibration
 
@@ -33,48 +38,158 @@ RESUME_KEYS = ("data", "img_size", "init", "seed", "output_stride")  # a saved s
 
 def _normalise(x01: torch.Tensor, model: TumorClassifier) -> torch.Tensor:
     """N x 1 x S x S in [0, 1] -> normalised N x 3 x S x S channels-last (the same maths as data.to_tensor)."""
-    mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.config.std).view(1, 3, 1, 1)
+    mean = torch.tensor(model.config.mean, device=x01.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.std, device=x01.device).view(1, 3, 1, 1)
     return ((x01.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def forward_precision(precision: str) -> str:
+def forward_precision(precision: str, device: Optional[torch.device] = None) -> str:
     """What the training forward pass runs in, in words (recorded in the checkpoint, printed by benchmarks)."""
-    return "bf16 autocast" if use_bf16(precision) else "fp32"
+    dtype = autocast_dtype(precision, device or torch.device("cpu"))
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast, gradient scaler"}.get(dtype, "fp32")
+
+
+def localisation_loss(model: TumorClassifier, maps: torch.Tensor, y: torch.Tensor, masks: torch.Tensor,
+                      x01: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The heat-map objective: the share of the true class's activation map lying outside the tumour mask (on
+    slices with a mask), plus, weighted lower, outside the head (on tumour slices without one). 0 when neither.
+
+    The map is the class activation before its ReLU, made a distribution over the cells by a softmax: a share of
+    the ReLU'd map could be driven to zero by making the whole map negative, which moves no heat anywhere."""
+    has = masks.flatten(1).amax(1) > 0.5
+    tumour = torch.tensor([int(c) not in model.config.no_tumor_indices for c in y.tolist()], dtype=torch.bool,
+                          device=y.device)
+    head_only = tumour & ~has
+    if not (has.any() or head_only.any()) or (cfg.loc_weight == 0 and cfg.head_weight == 0):
+        return maps.new_zeros(())
+    weight = model.net.fc[1].weight[y].float()
+    cam = torch.einsum("nkhw,nk->nhw", maps.float(), weight)  # N x h x w, before the ReLU
+    size = cam.shape[-2:]
+    cam = torch.softmax(cam.flatten(1), 1).view_as(cam)
+    inside_tumour = F.adaptive_max_pool2d(masks, size).squeeze(1)  # a cell touching the tumour counts as inside
+    inside_head = F.adaptive_avg_pool2d((x01 > 0.05).float(), size).squeeze(1) > 0.2
+    outside = torch.where(has.view(-1, 1, 1), 1 - inside_tumour, (~inside_head).float())
+    share = (cam * outside).flatten(1).sum(1)
+    loss = maps.new_zeros(())
+    if has.any() and cfg.loc_weight:
+        loss = loss + cfg.loc_weight * share[has].mean()
+    if head_only.any() and cfg.head_weight:
+        loss = loss + cfg.head_weight * share[head_only].mean()
+    return loss
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of the training forward pass, or None for fp32. CPU: bf16 where native (use_bf16).
+    CUDA: bf16 where the card has it, else fp16 (with a gradient scaler); 'fp32' turns autocast off."""
+    if device.type == "cuda":
+        if precision == "fp32":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if use_bf16(precision) else None
 
 
 def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, optimizer,
-                    cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train") -> dict:
-    """One pass over the training images in random order. Returns mean loss and accuracy.
+                    cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train",
+                    masks: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
+                    world: Optional[World] = None, net: Optional[torch.nn.Module] = None, scaler=None) -> dict:
+    """One epoch: ``cfg.epoch_size`` images (default: as many as there are) drawn by ``weights`` (default: each
+    once, in random order). Returns mean loss, mean heat-map loss and accuracy (of this rank's shares).
 
-    The forward pass runs under bfloat16 autocast when ``cfg.precision`` asks for it (use_bf16): about 1.6x
-    faster on CPUs with native bf16; parameters, gradients, optimizer state and evaluation stay fp32."""
+    ``masks`` (N x S x S uint8, zero where a slice has none) feed the heat-map objective (localisation_loss).
+    Under torchrun (``world``, ``net`` = the DDP wrapper) every rank draws and augments the same global batch of
+    ``cfg.batch_size`` x world size images and trains on its own share of it. The forward pass runs under
+    autocast where ``cfg.precision`` asks for it (autocast_dtype): on CPUs with native bf16 about 1.6x faster;
+    parameters, gradients, optimizer state and evaluation stay fp32."""
+    world = world or World()
+    net = net or model
     model.train()
-    bf16 = use_bf16(cfg.precision)
+    net.train()
+    dtype = autocast_dtype(cfg.precision, world.device)
     n = len(images)
-    order = torch.randperm(n, generator=generator)
-    total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(range(0, n, cfg.batch_size), desc=desc, unit="batch", leave=False)
+    draws = cfg.epoch_size or n
+    if weights is None:
+        order = torch.randperm(n, generator=generator)[:draws]
+    else:
+        order = torch.multinomial(weights, draws, replacement=True, generator=generator)
+    global_batch = cfg.batch_size * world.size
+    total_loss, total_loc, correct, seen = 0.0, 0.0, 0, 0
+    bar = tqdm(range(0, draws, global_batch), desc=desc, unit="batch", leave=False, disable=not world.main)
     for start in bar:
-        idx = order[start:start + cfg.batch_size]
-        if len(idx) < 2:
-            continue  # batch norm needs two samples
+        idx = order[start:start + global_batch]
+        if len(idx) < 2 * world.size:
+            continue  # batch norm needs two samples on every rank
         x = images[idx].float().div_(255).unsqueeze(1)
-        x = _normalise(augment(x, generator, cfg.intensity_aug, cfg.curve_p), model)
         y = labels[idx]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
+        m = masks[idx].float().unsqueeze(1) if masks is not None else None
+        if m is not None:
+            x, m = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mask=m, mri=cfg.mri_aug,
+                           strip_p=cfg.strip_p, artefact_p=cfg.artefact_p)
+        else:
+            x = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mri=cfg.mri_aug, strip_p=cfg.strip_p,
+                        artefact_p=cfg.artefact_p)
+        mine = world.share(len(idx))
+        x, y = x[mine].to(world.device, non_blocking=True), y[mine].to(world.device, non_blocking=True)
+        m = m[mine].to(world.device, non_blocking=True) if m is not None else None
+        with torch.autocast(world.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            logits, _, maps = net(_normalise(x, model), with_maps=True)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loc = localisation_loss(model, maps, y, m, x, cfg) if m is not None else loss.new_zeros(())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss + loc).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            (loss + loc).backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total_loss += loss.item() * len(idx)
+        total_loss += loss.item() * len(y)
+        total_loc += loc.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
-        seen += len(idx)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", loc=f"{total_loc / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {"loss": total_loss / max(seen, 1), "loc_loss": total_loc / max(seen, 1), "acc": correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def cam_pointing(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per masked tumour slice: (does the true class's layer4 CAM peak, upsampled, fall in the mask; share of its
+    mass inside the mask). The cheap check of the heat-map objective during training."""
+    model.eval()
+    device = next(model.parameters()).device
+    hits, shares = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
+        _, _, maps = model.forward_with_maps(_normalise(x.to(device), model))
+        cam = model.class_activation(maps, labels[start:start + batch_size].to(device)).float().cpu()
+        cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+        m = masks[start:start + batch_size].flatten(1).bool()
+        hits.append(m.gather(1, cam.argmax(1, keepdim=True)).squeeze(1).numpy())
+        shares.append(((cam * m).sum(1) / cam.sum(1).clamp(min=1e-6)).numpy())
+    return (np.concatenate(hits) if hits else np.zeros(0, bool)), (np.concatenate(shares) if shares else np.zeros(0))
+
+
+def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
+             masks: Optional[torch.Tensor] = None, temperature: float = 1.0) -> dict[str, Any]:
+    """Figures on the validation split: pooled, per group (with the layer4 CAM pointing game where masks exist),
+    and the selection score over groups."""
+    logits = predict_logits(model, x_val)
+    pooled = evaluate_logits(logits, y_val, model, temperature)
+    probs = torch.softmax(logits.float() / temperature, 1).numpy()
+    by_group = group_reports(y_val.numpy(), probs, groups, model.config.class_names, model.config.no_tumor_indices)
+    if masks is not None:
+        has = masks.flatten(1).amax(1) > 0
+        if has.any():
+            idx = torch.nonzero(has).flatten()
+            hits, shares = cam_pointing(model, x_val[idx], y_val[idx], masks[idx])
+            g = np.asarray(groups)[idx.numpy()]
+            for name in set(g.tolist()):
+                by_group[name]["pointing_game"] = float(hits[g == name].mean())
+                by_group[name]["heat_in_mask"] = float(shares[g == name].mean())
+    return {"loss": F.cross_entropy(logits, y_val).item(), "pooled": pooled, "groups": by_group,
+            "score": selection_score(by_group)}
 
 
 @torch.inference_mode()
@@ -82,15 +197,16 @@ def extract(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
             transform=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and pooled features for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
     model.eval()
+    device = next(model.parameters()).device
     logits = [torch.zeros(0, len(model.config.class_names))]
     features = [torch.zeros(0, 512)]
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].float().div(255).unsqueeze(1)
         if transform is not None:
             x = transform(x)
-        lo, f = model.forward_with_features(_normalise(x, model))
-        logits.append(lo)
-        features.append(f)
+        lo, f = model.forward_with_features(_normalise(x.to(device), model))
+        logits.append(lo.float().cpu())
+        features.append(f.float().cpu())
     return torch.cat(logits), torch.cat(features)
 
 
@@ -162,8 +278,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
     b.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
     b.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation (grouped)")
-    if "proxy_sensitivity" in history[0]:
-        b.plot(epochs, [h["proxy_sensitivity"] for h in history], "s--", label="tumour sensitivity, inverted-contrast proxy")
+    if "val_score" in history[0]:
+        b.plot(epochs, [h["val_score"] for h in history], "s--", label="group score (mean and worst source/sequence)")
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -181,6 +297,61 @@ def _save_state(path: Path, model, optimizer, scheduler, epoch: int, best: dict,
     tmp.replace(path)  # atomic: an interruption never leaves a half-written state
 
 
+def state_file(out: Path) -> Path:
+    """Where a run's resumable state lives: beside its model folder, never in it (the folder is what gets
+    published; the state is 180 MB of optimizer moments)."""
+    out = Path(out).resolve()
+    return out.with_name(f"{out.name}.{STATE_NAME}")
+
+
+def strip_view(x01: torch.Tensor) -> torch.Tensor:
+    """Every slice skull-stripped (the view of BraTS-style inputs), for fitting and checking the MRI detector."""
+    return skull_strip(x01, torch.ones(len(x01), dtype=torch.bool))
+
+
+def _load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
+    """Read every root, decode once, split by groups; write nothing."""
+    col, test = datasets.read_roots(cfg.data)
+    if cfg.max_images and len(col) > cfg.max_images:
+        rng = np.random.default_rng(cfg.seed)
+        keep = np.zeros(len(col), dtype=bool)
+        keep[rng.choice(len(col), cfg.max_images, replace=False)] = True
+        col = col.subset(keep)
+    classes = col.class_names
+    for g, k in sorted(Counter(col.groups()).items()):
+        log(f"data: {g}: {k} images, classes {sorted(set(c for c, gg in zip(col.classes, col.groups()) if gg == g))}")
+    images, thumbs, masks, errors = datasets.load(col, cfg.img_size, progress=progress)
+    ok = np.array([e is None for e in errors])
+    if not ok.all():
+        bad = int(np.argmin(ok))
+        log(f"skipping {int((~ok).sum())} unreadable files, e.g. {col.paths[bad]}: {errors[bad]}")
+    col, images, thumbs, masks = col.subset(ok), images[ok], thumbs[ok], masks[ok]
+    split_from = Path(cfg.split_from) if cfg.split_from else None
+    if split_from is None and Path(cfg.init).is_dir() and (Path(cfg.init) / "split.json").is_file():
+        split_from = Path(cfg.init) / "split.json"
+    fixed = None
+    if split_from is not None:
+        fixed = datasets.previous_sides(col, split_from)
+        log(f"split: {int((fixed >= 0).sum())} images keep their side from {split_from} "
+            f"({int((fixed == 1).sum())} validation), so the initial model's training images are never validated on")
+    is_val, groups = datasets.split(col, thumbs, cfg.val_fraction, cfg.seed, cfg.dup_threshold, fixed)
+    n_patients = len({(s, p) for s, p in zip(col.sources, col.patients) if p})
+    log(f"split: {int((~is_val).sum())} train / {int(is_val.sum())} validation images, {groups.max() + 1} groups "
+        f"(near-duplicates r >= {cfg.dup_threshold}, {n_patients} patients), none straddling; "
+        f"{int(masks.any((1, 2)).sum())} slices with tumour masks")
+    labels = np.array([classes.index(c) for c in col.classes])
+    return {"col": col, "test": test, "classes": classes, "images": images, "masks": masks, "labels": labels,
+            "is_val": is_val, "groups": groups}
+
+
+def _log_validation(log, epoch: int, tr: dict, val: dict, seconds: float) -> None:
+    p = val["pooled"]
+    log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} (heat-map {tr['loc_loss']:.4f}) acc {tr['acc']:.4f}  |  "
+        f"val loss {val['loss']:.4f} acc {p['accuracy']:.4f} tumour sens {p['tumor_sensitivity']:.3f} "
+        f"spec {p['tumor_specificity']:.3f}  |  group score {val['score']:.4f}  |  {seconds:.0f}s")
+    log(format_group_table(val["groups"], extra=("pointing_game",)))
+
+
 def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     """Train (or resume) a model as ``cfg`` says and write the model folder ``cfg.out``. Returns the folder.
 
@@ -189,58 +360,68 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    splits = find_splits(cfg.data)
-    train = splits["train"]
-    paths, labels = list(train.paths), list(train.labels)
-    if cfg.max_images and len(paths) > cfg.max_images:
-        rng = np.random.default_rng(cfg.seed)
-        keep = np.sort(rng.choice(len(paths), cfg.max_images, replace=False))
-        paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
-    log(f"data: {cfg.data}: {len(paths)} training images, classes {train.classes}")
-    images, thumbs, errors = load_prepared(paths, cfg.img_size)
-    ok = np.array([e is None for e in errors])
-    if not ok.all():
-        log(f"skipping {int((~ok).sum())} unreadable files, e.g. {paths[int(np.argmin(ok))]}: "
-            f"{errors[int(np.argmin(ok))]}")
-    paths = [p for p, k in zip(paths, ok) if k]
-    labels_np = np.array(labels)[ok]
-    images, thumbs = images[ok], thumbs[ok]
-    groups = near_duplicate_groups(thumbs, cfg.dup_threshold)
-    is_val = grouped_split(groups, labels_np, cfg.val_fraction, cfg.seed)
-    root = Path(cfg.data)
-    (out / "split.json").write_text(json.dumps({
-        "seed": cfg.seed, "dup_threshold": cfg.dup_threshold, "val_fraction": cfg.val_fraction,
-        "n_groups": int(groups.max() + 1),
-        "train": [str(p.relative_to(root)) for p, v in zip(paths, is_val) if not v],
-        "val": [str(p.relative_to(root)) for p, v in zip(paths, is_val) if v],
-    }, indent=1))
-    log(f"split: {int((~is_val).sum())} train / {int(is_val.sum())} validation images, "
-        f"{groups.max() + 1} near-duplicate groups (r >= {cfg.dup_threshold}), none straddling")
+    if not cfg.data:
+        raise ValueError("no data roots given (--data DIR, repeatable)")
+    # fail before decoding anything when the initial weights cannot be had
+    create_model(["a", "b"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
+    world = setup(cfg.device)
+    try:
+        return _fit(cfg, world, log if world.main else (lambda *a, **k: None), command, out, started)
+    finally:
+        teardown(world)
 
-    x_train, y_train = torch.from_numpy(images[~is_val]), torch.from_numpy(labels_np[~is_val]).long()
-    x_val, y_val = torch.from_numpy(images[is_val]), torch.from_numpy(labels_np[is_val]).long()
 
-    model = create_model(train.classes, init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
-    model = model.to(memory_format=torch.channels_last)
+def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: float) -> Path:
+    if world.size > 1:
+        log(f"distributed: {world.size} processes ({'NCCL' if world.device.type == 'cuda' else 'gloo'}), "
+            f"global batch {cfg.batch_size * world.size} ({cfg.batch_size} per process)")
+    d = _load_data(cfg, log, progress=world.main)
+    col, is_val, images, masks, labels = d["col"], d["is_val"], d["images"], d["masks"], d["labels"]
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+        datasets.write_split(out / "split.json", col, is_val, d["groups"], seed=cfg.seed,
+                             dup_threshold=cfg.dup_threshold, val_fraction=cfg.val_fraction,
+                             grouping="patients (file names <case>_<slice>) and near-duplicates (32 x 32 thumbnail "
+                                      "correlation), connected components")
+    train_col = col.subset(~is_val)
+    val_groups = [g for g, v in zip(col.groups(), is_val) if v]
+    x_train, y_train = torch.from_numpy(images[~is_val]), torch.from_numpy(labels[~is_val]).long()
+    m_train = torch.from_numpy(masks[~is_val])
+    x_val, y_val = torch.from_numpy(images[is_val]), torch.from_numpy(labels[is_val]).long()
+    m_val = torch.from_numpy(masks[is_val])
+    weights = torch.from_numpy(datasets.sampling_weights(train_col, cfg.source_balance))
+    share = {g: float(weights[[k == g for k in train_col.groups()]].sum()) for g in sorted(set(train_col.groups()))}
+    log("sampling share per epoch (source balance " + f"{cfg.source_balance:g}): "
+        + ", ".join(f"{g} {v:.1%}" for g, v in share.items()))
+
+    if world.device.type == "cuda":  # pinned host memory: batches reach the GPU without a staging copy
+        x_train, y_train, m_train = x_train.pin_memory(), y_train.pin_memory(), m_train.pin_memory()
+    model = create_model(d["classes"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
+    model = model.to(world.device, memory_format=torch.channels_last)
+    net = world.wrap(model, cfg.sync_bn)
+    dtype = autocast_dtype(cfg.precision, world.device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     if cfg.init == "scratch" and cfg.backbone_lr is not None and cfg.backbone_lr < cfg.lr:
         log(f"note: training from scratch with a backbone learning rate of {cfg.backbone_lr}; "
             "pass --backbone-lr same to train every layer at --lr")
     optimizer = _optimizer(model, cfg)
-    steps = math.ceil(len(x_train) / cfg.batch_size)
+    steps = math.ceil((cfg.epoch_size or len(x_train)) / cfg.batch_size)
     scheduler, per_step = _scheduler(optimizer, cfg, steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
     torch.manual_seed(cfg.seed)
     history: list[dict] = []
     best: dict[str, Any] = {"score": -1e9, "epoch": -1, "model": None}
     start_epoch = 0
-    state_path = out / STATE_NAME
+    state_path = state_file(out)
     if state_path.exists():
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location=world.device)
         saved_cfg = json.loads(state["config"])
         defaults = asdict(TrainConfig())  # a state saved before a key existed had its default
-        if {k: saved_cfg.get(k, defaults[k]) for k in RESUME_KEYS} != {k: asdict(cfg)[k] for k in RESUME_KEYS}:
+        saved = {k: saved_cfg.get(k, defaults[k]) for k in RESUME_KEYS}
+        if isinstance(saved["data"], str):
+            saved["data"] = [saved["data"]]
+        if saved != {k: asdict(cfg)[k] for k in RESUME_KEYS}:
             raise ValueError(f"{state_path} belongs to a different run (data, img_size, init, seed or output stride differ); "
                              "use another --out or delete it")
         model.load_state_dict(state["model"])
@@ -257,72 +438,95 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     try:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             t0 = time.time()
-            tr = train_one_epoch(model, x_train, y_train, optimizer, cfg, gen,
-                                 scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}")
-            logits = predict_logits(model, x_val)
-            val_loss = F.cross_entropy(logits, y_val).item()
-            val = evaluate_logits(logits, y_val, model)
-            proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model)
+            tr = train_one_epoch(model, x_train, y_train, optimizer, cfg, gen, scheduler if per_step else None,
+                                 desc=f"epoch {epoch}/{cfg.epochs}", masks=m_train, weights=weights, world=world,
+                                 net=net, scaler=scaler)
+            stop = 0.0
+            val_loss = float("nan")
+            if world.main:  # validation once, on rank 0; the others wait for its decisions
+                val = validate(model, x_val, y_val, val_groups, m_val)
+                val_loss = val["loss"]
+                row = {"epoch": epoch, "train_loss": tr["loss"], "train_loc_loss": tr["loc_loss"],
+                       "train_acc": tr["acc"], "val_loss": val["loss"], "val_acc": val["pooled"]["accuracy"],
+                       "val_tumor_sensitivity": val["pooled"]["tumor_sensitivity"], "val_score": val["score"],
+                       "val_groups": val["groups"], "seconds": time.time() - t0,
+                       "lr": optimizer.param_groups[-1]["lr"]}
+                history.append(row)
+                _log_validation(log, epoch, tr, val, row["seconds"])
+                if val["score"] > best["score"]:
+                    best = {"score": val["score"], "epoch": epoch,
+                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                    since_best = 0
+                else:
+                    since_best += 1
+                _save_state(state_path, model, optimizer, scheduler, epoch, best, history, gen, cfg)
+                plot_history(history, out / "training_curves.png")
+                stop = float(bool(cfg.patience and since_best >= cfg.patience))
+            val_loss, stop = world.broadcast(val_loss), world.broadcast(stop)
             if not per_step:
                 scheduler.step(val_loss)
-            row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": val_loss,
-                   "val_acc": val["accuracy"], "val_tumor_sensitivity": val["tumor_sensitivity"],
-                   "proxy_sensitivity": proxy["tumor_sensitivity"], "seconds": time.time() - t0,
-                   "lr": optimizer.param_groups[-1]["lr"]}
-            history.append(row)
-            log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} acc {tr['acc']:.4f}  |  val loss {val_loss:.4f} "
-                f"acc {val['accuracy']:.4f} tumour sens {val['tumor_sensitivity']:.3f}  |  inverted-contrast proxy "
-                f"sens {proxy['tumor_sensitivity']:.3f}  |  {row['seconds']:.0f}s")
-            score = val["accuracy"] - 1e-3 * val_loss
-            if score > best["score"]:
-                best = {"score": score, "epoch": epoch,
-                        "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                since_best = 0
-            else:
-                since_best += 1
-            _save_state(state_path, model, optimizer, scheduler, epoch, best, history, gen, cfg)
-            plot_history(history, out / "training_curves.png")
-            if cfg.patience and since_best >= cfg.patience:
-                log(f"early stop: no validation improvement for {cfg.patience} epochs")
+            world.barrier()
+            if stop:
+                log(f"early stop: the group score has not improved for {cfg.patience} epochs")
                 break
     except KeyboardInterrupt:
         log(f"\ninterrupted during epoch {epoch}; progress up to the last finished epoch is saved in "
             f"{state_path}. Run the same command to resume.")
         raise
 
+    if not world.main:
+        return out
+    model = model.cpu()
     if best["model"] is not None:
         model.load_state_dict(best["model"])
-    model.config.metrics = {"split": "grouped validation (near-duplicate groups never straddle train/validation)",
-                            "best_epoch": best["epoch"]}
-    record_calibration(model, x_train, y_train, x_val, y_val)
+    model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
+                                     "train/validation)", "best_epoch": best["epoch"],
+                            "selection": "0.5 x mean + 0.5 x worst, over source/sequence groups, of the mean of "
+                                         "accuracy, tumour sensitivity and specificity"}
+    record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view,
+                       val_groups=val_groups)
     temperature = model.config.temperature
     val = model.config.metrics["validation"]
+    final = validate(model, x_val, y_val, val_groups, m_val, temperature)
+    model.config.metrics["validation_groups"] = final["groups"]
+    model.config.metrics["selection_score"] = final["score"]
     proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, temperature)
     model.config.metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity",
                                                                             "tumor_specificity")}
-    if "test" in splits:
+    if d["test"] is not None:
         log("scoring the Testing/ split")
-        test = splits["test"]
-        t_images, _, t_err = load_prepared(test.paths, cfg.img_size)
+        test = d["test"]
+        t_images, _, _, t_err = datasets.load(test, cfg.img_size)
         keep = np.array([e is None for e in t_err])
-        t_logits = predict_logits(model, torch.from_numpy(t_images[keep]))
-        model.config.metrics["test"] = evaluate_logits(t_logits, torch.tensor(test.labels)[keep], model, temperature)
+        known = np.array([c in d["classes"] for c in test.classes]) & keep
+        t_logits = predict_logits(model, torch.from_numpy(t_images[known]))
+        t_labels = torch.tensor([d["classes"].index(c) for c, k in zip(test.classes, known) if k])
+        model.config.metrics["test"] = evaluate_logits(t_logits, t_labels, model, temperature)
     model.config.training = {
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("notes",)},
         "epochs_run": len(history), "history": history,
         "seconds": round(time.time() - started, 1) + sum(h["seconds"] for h in history[:start_epoch]),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                    f"{'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
-        "torch": torch.__version__, "data_images": len(paths), "command": command,
-        "forward_precision": forward_precision(cfg.precision),
+                    + (f"{world.size} x cuda {torch.cuda.get_device_name(world.device)}" if world.device.type == "cuda"
+                       else f"CPU x {world.size} process(es)"),
+        "torch": torch.__version__, "data_images": len(col), "command": command,
+        "data_sources": {g: int(k) for g, k in sorted(Counter(col.groups()).items())},
+        "sampling_share": share, "forward_precision": forward_precision(cfg.precision, world.device),
+        "world_size": world.size, "global_batch": cfg.batch_size * world.size,
     }
     model = model.to(memory_format=torch.contiguous_format)
     save_model(model, out)
     plot_history(history, out / "training_curves.png")
+    calib = model.config.metrics.get("calibration", {})
+    if calib.get("abstain_below", 1.0) < 0.5 or (calib.get("error_when_answering") or 0) > 0.05:
+        log(f"warning: this model abstains only below a confidence of {calib.get('abstain_below', 0):.2f} and errs on "
+            f"{calib.get('error_when_answering') or 0:.1%} of the validation slices it answers: it is weak, and its "
+            "'needs review' flag protects little. Train longer or on more data before serving it.")
     from .hub import write_model_card
     write_model_card(out, model.config, notes=cfg.notes)
     log(f"validation (grouped, calibrated T={temperature:.2f}): accuracy {val['accuracy']:.4f}, "
         f"tumour sensitivity {val['tumor_sensitivity']:.3f}, "
-        f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}")
+        f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}, group score {final['score']:.4f}")
+    log(format_group_table(final["groups"], extra=("pointing_game", "heat_in_mask")))
     log(f"wrote {out}")
     return out

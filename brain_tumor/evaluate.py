@@ -1,8 +1,9 @@
 """Command line: score a model on a labelled folder; figures as a table, JSON and plots.
 
-    python -m brain_tumor.evaluate --data DIR [--model SOURCE] [--json FILE] [--report DIR]
+    python -m brain_tumor.evaluate --data DIR [--data DIR ...] [--split SPLIT_JSON] [--model SOURCE] [--json FILE]
 
-DIR holds class folders. If they name the model's classes (aliases such as ``no``, ``no_tumor``,
+DIR holds class folders, a Training/ folder, or sequence folders of class folders (``flair/glioma/...``); with
+several roots (or sequences) the figures are also given per source and sequence. If they name the model's classes (aliases such as ``no``, ``no_tumor``,
 ``glioma_tumor`` accepted) every class is scored; if they are ``yes``/``no``, tumour vs no tumour is
 scored (any tumour class predicted counts as yes). Where a YOLO box file ``NAME.txt`` (``class xc yc w h``,
 fractions of the image) stands beside an image, its heat map is scored against the box (pointing game,
@@ -15,15 +16,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .data import ImageFolder, ImageReadError, head_mask, read_class_folders
+from .data import ImageFolder, ImageReadError, head_mask
 from .inference import BF16_ANSWER_HELP, Predictor
-from .metrics import (classification_report, error_at_coverage, expected_calibration_error, reliability,
-                      risk_coverage, roc_curve,
-                      tumor_probability, tumor_scores)
+from .metrics import (classification_report, error_at_coverage, expected_calibration_error, format_group_table,
+                      group_reports, reliability, risk_coverage, roc_curve, tumor_probability, tumor_scores)
 from .model import ModelLoadError
 
 
@@ -69,10 +69,26 @@ def match_classes(folder: ImageFolder, model_classes: Sequence[str]) -> tuple[st
                      "nor yes/no (tumor/notumor)")
 
 
-def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size: int = 32,
-             keep_examples: int = 12) -> dict[str, Any]:
-    """Predict every image under ``data`` and compute all figures (see the module docstring)."""
-    folder = read_class_folders(data)
+def read_labelled(data: Union[str, Sequence[str]], split: Optional[str] = None) -> tuple[ImageFolder, list[str]]:
+    """The labelled images of one or more roots (any layout datasets.read_root accepts), as an ImageFolder and
+    each image's group ('source/sequence'). ``split``: only the validation images that split.json lists."""
+    from .datasets import previous_sides, read_roots
+
+    col, _ = read_roots([data] if isinstance(data, str) else list(data))
+    if split is not None:
+        col = col.subset(previous_sides(col, Path(split)) == 1)
+        if not len(col):
+            raise ValueError(f"none of the images under {data} is in the validation list of {split}")
+    classes = col.class_names
+    folder = ImageFolder(col.paths, [classes.index(c) for c in col.classes], classes)
+    return folder, col.groups()
+
+
+def evaluate(predictor: Predictor, data: Union[str, Sequence[str]], heatmaps: bool = True, batch_size: int = 32,
+             keep_examples: int = 12, split: Optional[str] = None) -> dict[str, Any]:
+    """Predict every image under ``data`` (one root or several) and compute all figures, pooled and per
+    source/sequence group (see the module docstring)."""
+    folder, groups = read_labelled(data, split)
     mode, to_model = match_classes(folder, predictor.classes)
     scores: dict[int, dict[str, float]] = {}
 
@@ -121,6 +137,21 @@ def evaluate(predictor: Predictor, data: str, heatmaps: bool = True, batch_size:
     figures["images_per_second"] = len(results) / seconds if seconds > 0 else None
     figures["unreadable"] = errors
     figures["needs_review_rate"] = float(np.mean([results[i].needs_review for i in ok]))
+    g_ok = [groups[i] for i in ok]
+    if mode == "multiclass":
+        figures["groups"] = group_reports(y, probs, g_ok, predictor.classes, no_tumor)
+    else:
+        p_t = tumor_probability(probs, no_tumor)
+        figures["groups"] = group_reports(y, np.stack([1 - p_t, p_t], 1), g_ok, ["notumor", "tumor"], [0])
+    flagged = np.array([not results[i].looks_like_mri for i in ok])
+    for name, row in figures["groups"].items():
+        members = [k for k, gg in enumerate(g_ok) if gg == name]
+        row["not_mri_flagged"] = float(flagged[members].mean())
+        if heatmaps:
+            row.update({k: v for k, v in _heatmap_figures(predictor, [scores[ok[k]] for k in members
+                                                                     if ok[k] in scores]).items()
+                        if k in ("pointing_game", "heat_in_box", "heat_in_head")})
+    figures["not_mri_flagged"] = float(flagged.mean())
     if heatmaps:
         figures.update(_heatmap_figures(predictor, [scores[i] for i in ok if i in scores]))
     details = {"paths": [str(folder.paths[i]) for i in ok], "y": y, "probs": probs, "raw": raw, "mode": mode,
@@ -150,6 +181,11 @@ def _heatmap_figures(predictor: Predictor, scores: list[dict[str, float]]) -> di
     return out
 
 
+def _worse(f: dict[str, Any]) -> bool:
+    a, b = f.get("ece"), f.get("ece_uncalibrated")
+    return a is not None and b is not None and a == a and b == b and a > b
+
+
 def format_figures(f: dict[str, Any]) -> str:
     def fmt(v):
         return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -157,8 +193,12 @@ def format_figures(f: dict[str, Any]) -> str:
     lines = [f"images: {f['n']}   mode: {f['mode']}   unreadable: {len(f['unreadable'])}",
              f"accuracy {fmt(f['accuracy'])}   tumour sensitivity {fmt(f['tumor_sensitivity'])}   "
              f"specificity {fmt(f['tumor_specificity'])}   AUROC {fmt(f['tumor_auroc'])}",
-             f"ECE {fmt(f['ece'])} (uncalibrated {fmt(f['ece_uncalibrated'])})   "
+             f"ECE {fmt(f['ece'])} (uncalibrated {fmt(f['ece_uncalibrated'])}"
+             + ("; the model's temperature makes it worse on this data" if _worse(f) else "") + ")   "
              f"error on the 90% most confident {fmt(f['error_at_90_coverage'])}"]
+    if "not_mri_flagged" in f:
+        lines.append(f"flagged 'not a brain MRI' {fmt(f['not_mri_flagged'])}   'needs review' "
+                     f"{fmt(f.get('needs_review_rate'))} (shares of the readable images)")
     if "per_class" in f:
         lines.append(f"\n{'class':<14}{'precision':>10}{'recall':>10}{'f1':>10}{'n':>7}")
         for c, s in f["per_class"].items():
@@ -168,6 +208,10 @@ def format_figures(f: dict[str, Any]) -> str:
     lines.append(" " * 14 + "".join(f"{c[:10]:>11}" for c in names))
     for c, row in zip(names, f["confusion_matrix"]):
         lines.append(f"{c[:13]:<14}" + "".join(f"{v:>11}" for v in row))
+    if len(f.get("groups", {})) > 1:
+        extra = [k for k in ("pointing_game", "heat_in_box", "not_mri_flagged")
+                 if any(k in r for r in f["groups"].values())]
+        lines.append("\nby source and sequence\n" + format_group_table(f["groups"], extra=extra))
     if f.get("heat_in_head") is not None:
         lines.append(f"\nheat maps ({f['heatmap_method']} at {f['heatmap_layer']}): heat inside the head "
                      f"{fmt(f['heat_in_head'])}" + (f"; on {f['n_boxes']} boxes: pointing game "
@@ -256,7 +300,11 @@ def write_report(result: dict[str, Any], out: Path, predictor: Predictor, worst:
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="folder of class folders (model classes, or yes/no)")
+    parser.add_argument("--data", required=True, action="append", metavar="DIR",
+                        help="labelled root (repeat for several): class folders (model classes, or yes/no), "
+                             "Training/, or sequence folders of class folders (flair/glioma/...)")
+    parser.add_argument("--split", metavar="SPLIT_JSON",
+                        help="score only the validation images listed in this split.json (a model folder's own)")
     parser.add_argument("--model", default=None, help="model folder or Hub id user/name[@rev] (default: bundled)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--report", metavar="DIR", help="also write plots and a grid of the worst mistakes")
@@ -266,13 +314,14 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     try:
         predictor = Predictor(args.model, bf16_answer=args.bf16)
-        result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size)
+        result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size,
+                          split=args.split)
     except (ModelLoadError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     figures = result["figures"]
     figures["model"] = predictor.source
-    figures["data"] = str(args.data)
+    figures["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
     figures["answer_forward"] = "bf16 autocast" if predictor.bf16_answer else "fp32"
     print(format_figures(figures))
     if args.json:

@@ -141,3 +141,48 @@ def tumor_scores(is_tumor: Sequence[bool], p_tumor: Sequence[float]) -> dict[str
     return {"tumor_sensitivity": sens, "tumor_specificity": spec,
             "tumor_accuracy": float((called == t).mean()) if len(t) else float("nan"),
             "tumor_auroc": auroc(t.astype(int), p)}
+
+
+def group_reports(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], class_names: Sequence[str],
+                  no_tumor: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Accuracy, tumour sensitivity and specificity (NaN where a group has no such images) per group name
+    (e.g. 'source/sequence'), sorted by name."""
+    y, probs, groups = np.asarray(y_true, dtype=int), np.asarray(probs, dtype=np.float64), np.asarray(groups)
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        m = groups == g
+        pred = probs[m].argmax(1)
+        row = {"n": int(m.sum()), "accuracy": float((pred == y[m]).mean())}
+        row.update(tumor_scores(np.isin(y[m], no_tumor, invert=True), tumor_probability(probs[m], no_tumor)))
+        out[g] = {k: row[k] for k in ("n", "accuracy", "tumor_sensitivity", "tumor_specificity")}
+    return out
+
+
+def group_score(row: dict[str, float]) -> float:
+    """One group's figure: the mean of its accuracy, tumour sensitivity and specificity (those defined)."""
+    vals = [row[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity") if row.get(k) == row.get(k)
+            and row.get(k) is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def selection_score(reports: dict[str, dict[str, float]]) -> float:
+    """The model-selection score over groups: half the mean group score, half the worst one, so that no
+    single source (however large) can carry it."""
+    scores = [s for s in (group_score(r) for r in reports.values()) if s == s]
+    return 0.5 * float(np.mean(scores)) + 0.5 * float(np.min(scores)) if scores else float("nan")
+
+
+def format_group_table(reports: dict[str, dict[str, Any]], extra: Sequence[str] = ()) -> str:
+    """A fixed-width table of group_reports (plus any ``extra`` keys present, e.g. pointing_game)."""
+    def fmt(v):
+        return "   -" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+    keys = ["accuracy", "tumor_sensitivity", "tumor_specificity", *extra]
+    short = {"pointing_game": "pointing", "heat_in_box": "heat in box", "heat_in_mask": "heat in mask",
+             "not_mri_flagged": "not MRI", "heat_in_head": "heat in head"}
+    heads = ["accuracy", "sensitivity", "specificity", *[short.get(k, k.replace("_", " "))[:13] for k in extra]]
+    width = max([len(g) for g in reports] + [5]) + 2
+    lines = [f"{'group':<{width}}{'n':>6}" + "".join(f"{h:>14}" for h in heads)]
+    for g, r in reports.items():
+        lines.append(f"{g:<{width}}{r['n']:>6}" + "".join(f"{fmt(r.get(k)):>14}" for k in keys))
+    return "\n".join(lines)

@@ -123,14 +123,31 @@ class TumorClassifier(nn.Module):
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the pooled 512-d features, from one pass (layer hooks fire as usual)."""
+        logits, features, _ = self.forward_with_maps(x)
+        return logits, features
+
+    def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, pooled features and layer4's feature maps (N x 512 x h x w), from one pass."""
+        return self.forward(x, with_maps=True)
+
+    def _forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        x = n.layer4(n.layer3(n.layer2(n.layer1(x))))
-        features = torch.flatten(n.avgpool(x), 1)
-        return n.fc(features), features
+        maps = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        features = torch.flatten(n.avgpool(maps), 1)
+        return n.fc(features), features, maps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_features(x)[0]
+    def class_activation(self, maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """CAM of ``classes`` (N,) from layer4 maps: ReLU(sum_k w_ck A_k), N x h x w. With global average pooling
+        and a linear head this is layer4 Grad-CAM up to a positive factor, and it stays differentiable."""
+        weight = self.net.fc[1].weight[classes]  # N x 512
+        return torch.relu(torch.einsum("nkhw,nk->nhw", maps.float(), weight.float()))
+
+    def forward(self, x: torch.Tensor, with_maps: bool = False):
+        """Logits; with ``with_maps``, (logits, pooled features, layer4 maps) -- the form training runs through
+        DistributedDataParallel, which only sees ``forward``."""
+        out = self._forward_all(x)
+        return out if with_maps else out[0]
 
     def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance of each feature vector to the nearest class mean (0s if not fitted)."""
@@ -255,6 +272,8 @@ def save_model(model: TumorClassifier, folder: Union[str, os.PathLike], fp16: bo
                   for k in ("ood_mean", "ood_precision")})
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "architecture": model.config.architecture})
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # readable by the web server or Space that serves them
+        os.chmod(folder / name, 0o644)
     return folder
 
 

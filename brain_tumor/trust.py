@@ -9,8 +9,10 @@ and stored in the checkpoint:
   fitted on training MRIs; threshold at the 99.5th percentile of validation MRIs' distances). It is
   fitted on MRIs only, so every non-MRI image used to measure it is unseen.
 
-Refit an existing model folder (reads its split.json):
-    python -m brain_tumor.trust model/ --data ../shared/data/brain-tumor-mri/Training
+Refit an existing model folder (reads its split.json and the data roots it names; --data SOURCE=DIR moves one):
+    python -m brain_tumor.trust model/
+    python -m brain_tumor.trust model/ --data lgg-segmentation=/data/lgg
+The detector is also fitted on a skull-stripped view of every training slice, so BraTS-style inputs pass.
 """
 from __future__ import annotations
 
@@ -160,21 +162,33 @@ def non_mri_images(seed: int = 0, size: int = 256) -> list[tuple[str, np.ndarray
 
 
 def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-              measure_negatives: bool = True) -> dict[str, Any]:
-    """Fit temperature, abstention threshold and the MRI detector on a model in place; return the figures."""
+              measure_negatives: bool = True, extra_view=None, val_groups: Optional[list[str]] = None
+              ) -> dict[str, Any]:
+    """Fit temperature, abstention threshold and the MRI detector on a model in place; return the figures.
+
+    ``extra_view`` (a transform of N x 1 x S x S slices in [0, 1], e.g. skull stripping) adds that view of every
+    training and validation slice to the detector's fit and threshold, so inputs of that kind pass as MRIs.
+    ``val_groups`` (source/sequence per validation slice) gives the share flagged per group."""
     from .data import prepare
     from .engine import extract, fit_temperature
     from .metrics import error_at_coverage, expected_calibration_error
 
     _, f_train = extract(model, x_train)
     val_logits, f_val = extract(model, x_val)
+    f_fit, y_fit, f_thr = f_train, y_train, f_val
+    if extra_view is not None:
+        f_fit = torch.cat([f_train, extract(model, x_train, transform=extra_view)[1]])
+        y_fit = torch.cat([y_train, y_train])
+        f_view = extract(model, x_val, transform=extra_view)[1]
+        f_thr = torch.cat([f_val, f_view])
     k = len(model.config.class_names)
-    means, precision = fit_ood(f_train, y_train, k)
+    means, precision = fit_ood(f_fit, y_fit, k)
     model.ood_mean.copy_(means)
     model.ood_precision.copy_(precision)
-    d_val = model.ood_distance(f_val).numpy()
-    threshold = float(np.quantile(d_val, OOD_QUANTILE))
+    d_thr = model.ood_distance(f_thr).numpy()
+    threshold = float(np.quantile(d_thr, OOD_QUANTILE))
     model.config.ood_threshold = threshold
+    d_val = d_thr[:len(f_val)]
 
     temperature = fit_temperature(val_logits, y_val)
     model.config.temperature = temperature
@@ -195,6 +209,13 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
                          "threshold": threshold, "quantile_of_validation_mris": OOD_QUANTILE,
                          "validation_mris_flagged": float((d_val > threshold).mean())},
     }
+    if extra_view is not None:
+        figures["mri_detector"]["validation_view_flagged"] = float((d_thr[len(f_val):] > threshold).mean())
+        figures["mri_detector"]["view"] = getattr(extra_view, "__doc__", "") or "extra view"
+    if val_groups is not None:
+        g = np.asarray(val_groups)
+        figures["mri_detector"]["validation_flagged_by_group"] = {
+            name: float((d_val[g == name] > threshold).mean()) for name in sorted(set(g.tolist()))}
     if measure_negatives:
         negatives = non_mri_images()
         imgs = np.stack([prepare(g, model.config.img_size)[0] for _, g in negatives])
@@ -212,11 +233,11 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
     return figures
 
 
-def record_calibration(model, x_train, y_train, x_val, y_val) -> None:
+def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, val_groups=None) -> None:
     """calibrate(), then store its figures and the calibrated validation report in model.config.metrics."""
     from .engine import evaluate_logits, extract
 
-    figures = calibrate(model, x_train, y_train, x_val, y_val)
+    figures = calibrate(model, x_train, y_train, x_val, y_val, extra_view=extra_view, val_groups=val_groups)
     val_logits, _ = extract(model, x_val)
     metrics = model.config.metrics
     metrics["validation"] = evaluate_logits(val_logits, y_val, model, model.config.temperature)
@@ -226,47 +247,50 @@ def record_calibration(model, x_train, y_train, x_val, y_val) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from .data import load_prepared
+    from . import datasets
+    from .engine import strip_view
     from .hub import write_model_card
     from .model import load_model, save_model
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.trust", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="model folder written by train.py (with split.json)")
-    parser.add_argument("--data", required=True, help="the folder the model was trained on (split.json is relative to it)")
+    parser.add_argument("--data", action="append", default=[], metavar="[SOURCE=]DIR",
+                        help="where a source of split.json lies, if not where it was trained (repeatable); "
+                             "a plain DIR serves a split.json of the older single-root format")
     args = parser.parse_args(argv)
     folder = Path(args.model)
     try:
-        split = json.loads((folder / "split.json").read_text())
+        info = json.loads((folder / "split.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         print(f"error: cannot read {folder / 'split.json'}: {e}", file=sys.stderr)
         return 2
     model = load_model(str(folder))
     classes = model.config.class_names
-    root = Path(args.data)
-
-    def load(rel_paths):
-        paths = [root / p for p in rel_paths]
-        labels = torch.tensor([classes.index(_class_of(p, root)) for p in paths])
-        images, _, errors = load_prepared(paths, model.config.img_size)
-        keep = torch.tensor([e is None for e in errors])
-        return torch.from_numpy(images)[keep], labels[keep]
-
-    x_train, y_train = load(split["train"])
-    x_val, y_val = load(split["val"])
-    record_calibration(model, x_train, y_train, x_val, y_val)
+    try:
+        if "roots" in info:
+            overrides = dict(d.split("=", 1) for d in args.data if "=" in d)
+            col, is_val = datasets.read_split(str(folder), overrides)
+        else:  # older single-root split.json: paths inside the root given by --data
+            if len(args.data) != 1:
+                raise ValueError("this split.json names no roots: give the folder it was made from with --data DIR")
+            col, _ = datasets.read_root(args.data[0])
+            sides = datasets.previous_sides(col, folder / "split.json")
+            col, is_val = col.subset(sides >= 0), sides[sides >= 0] == 1
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    images, _, _, errors = datasets.load(col, model.config.img_size)
+    ok = np.array([e is None for e in errors]) & np.array([c in classes for c in col.classes])
+    labels = torch.tensor([classes.index(c) if c in classes else -1 for c in col.classes])
+    x, keep_val = torch.from_numpy(images), torch.from_numpy(is_val & ok)
+    keep_train = torch.from_numpy(~is_val & ok)
+    groups = [g for g, k in zip(col.groups(), keep_val.tolist()) if k]
+    record_calibration(model, x[keep_train], labels[keep_train], x[keep_val], labels[keep_val],
+                       extra_view=strip_view, val_groups=groups)
     save_model(model, folder)
     write_model_card(folder, model.config)
     print(json.dumps({k: model.config.metrics[k] for k in ("calibration", "mri_detector")}, indent=1))
     return 0
-
-
-def _class_of(path: Path, root: Path) -> str:
-    """The class folder of a path listed in split.json (skipping a Training/ level)."""
-    from .config import canonical_class
-    from .data import _SPLIT_NAMES
-
-    parts = path.relative_to(root).parts
-    return canonical_class(parts[1] if parts[0].lower() in _SPLIT_NAMES["train"] else parts[0])
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def test_kaggle_layout_scores_the_testing_split(tmp_path):
     assert train.main(["--data", str(root), "--out", str(out), *TINY]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["metrics"]["test"]["n"] == 8
-    assert all(p.startswith("Training/") for p in json.loads((out / "split.json").read_text())["val"])
+    split = json.loads((out / "split.json").read_text())
+    assert split["roots"] == {"kaggle": str(root)}
+    assert all(p.startswith("kaggle/Training/") for p in split["val"])  # source/path inside the root
 
 
 def test_yes_no_layout_trains_a_two_class_model(tmp_path):

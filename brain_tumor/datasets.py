@@ -1,0 +1,320 @@
+"""Training data from several roots: layouts, sources and sequences, patient and near-duplicate groups, the split.
+
+A root is any layout ``data.find_splits`` accepts (class folders; ``Training/`` + ``Testing/``), or one level of
+sequence folders above class folders (``flair/glioma/x.jpg``, as the LGG segmentation set and the teaching-case
+set are laid out). Every image carries its *source* (the root's name), its *sequence* (the sequence folder's
+name, "" where the root has none) and, where the file names give one, its *patient* (``<case>_<slice>.jpg``).
+A root may hold only some classes; the classes of a run are the union over its roots, canonicalised through
+``config.CLASS_ALIASES``.
+
+Leakage: slices of one patient (any sequence) and near-duplicate slices (any root) form one group, and a group
+never straddles train and validation (``split``). Tumour masks (``<root>/masks/<stem>.png``) or YOLO boxes
+(``<stem>.txt`` beside the image) travel with their slices for the heat-map objective and its figures.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .config import CLASS_ALIASES, canonical_class
+from .data import (ImageReadError, _SPLIT_NAMES, apply_crop, find_splits, grouped_split, list_images,
+                   near_duplicate_groups, prepare, read_image, thumbnail)
+
+_KNOWN_CLASSES = frozenset(CLASS_ALIASES)
+_CASE_SLICE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)$")
+
+
+@dataclass
+class Collection:
+    """Images of one or more roots, one entry per image in parallel lists."""
+
+    paths: list[Path] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # canonical class name per image
+    sources: list[str] = field(default_factory=list)
+    sequences: list[str] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)  # "" where the file names give none
+    masks: list[Optional[Path]] = field(default_factory=list)  # mask .png or YOLO box .txt, or None
+    roots: dict[str, str] = field(default_factory=dict)  # source name -> root folder as given
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(set(self.classes))
+
+    def groups(self) -> list[str]:
+        """'source/sequence' of every image (``source`` alone where the root has no sequence folders)."""
+        return [f"{s}/{q}" if q else s for s, q in zip(self.sources, self.sequences)]
+
+    def subset(self, keep: Sequence[bool]) -> "Collection":
+        keep = list(keep)
+        pick = lambda xs: [x for x, k in zip(xs, keep) if k]  # noqa: E731
+        return Collection(pick(self.paths), pick(self.classes), pick(self.sources), pick(self.sequences),
+                          pick(self.patients), pick(self.masks), dict(self.roots))
+
+    def extend(self, other: "Collection") -> None:
+        for name in ("paths", "classes", "sources", "sequences", "patients", "masks"):
+            getattr(self, name).extend(getattr(other, name))
+        self.roots.update(other.roots)
+
+    def relpath(self, i: int) -> str:
+        """``source/path-inside-root``: how split.json names an image."""
+        return f"{self.sources[i]}/{self.paths[i].relative_to(self.roots[self.sources[i]]).as_posix()}"
+
+
+def _is_class_dir(d: Path) -> bool:
+    return d.is_dir() and d.name.strip().lower() in _KNOWN_CLASSES
+
+
+def _source_name(root: Path) -> str:
+    name = root.resolve().name
+    if name.lower() in sum(_SPLIT_NAMES.values(), ()):  # .../brain-tumor-mri/Training -> brain-tumor-mri
+        name = root.resolve().parent.name
+    return name or "data"
+
+
+def read_root(root: str, source: Optional[str] = None) -> tuple[Collection, Optional[Collection]]:
+    """One root as (training images, its Testing/ split or None). See the module docstring for layouts."""
+    path = Path(root)
+    if not path.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    source = source or _source_name(path)
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    split_dirs = [d for d in subdirs if d.name.lower() in sum(_SPLIT_NAMES.values(), ())]
+    sequence_dirs = [] if split_dirs else [d for d in subdirs if not _is_class_dir(d)
+                                           and any(_is_class_dir(c) for c in d.iterdir())]
+    train, test = Collection(roots={source: root}), None
+    if sequence_dirs:  # flair/glioma/..., t1/notumor/...
+        for seq in sequence_dirs:
+            for cdir in sorted(c for c in seq.iterdir() if _is_class_dir(c)):
+                _add(train, list_images(cdir), canonical_class(cdir.name), source, seq.name.lower(), path)
+    else:
+        splits = find_splits(path)
+        for name, folder in splits.items():
+            if name == "val":
+                continue
+            target = train if name == "train" else Collection(roots={source: root})
+            for p, y in zip(folder.paths, folder.labels):
+                _add(target, [p], folder.classes[y], source, "", path)
+            if name == "test":
+                test = target
+    if not train.paths:
+        raise ValueError(f"{root} holds no images in class folders (e.g. glioma/ notumor/, or flair/glioma/ ...)")
+    _assign_patients(train, path)
+    if test is not None:
+        _assign_patients(test, path)
+    return train, test
+
+
+def _add(col: Collection, files: list[Path], cls: str, source: str, sequence: str, root: Path) -> None:
+    masks = root / "masks"
+    for p in files:
+        mask = masks / f"{p.stem}.png"
+        box = p.with_suffix(".txt")
+        col.paths.append(p)
+        col.classes.append(cls)
+        col.sources.append(source)
+        col.sequences.append(sequence)
+        col.patients.append("")
+        col.masks.append(mask if mask.is_file() else box if box.is_file() else None)
+
+
+def _assign_patients(col: Collection, root: Path) -> None:
+    """Patient ids from ``<case>_<slice>`` file names, where they are patients and not class prefixes.
+
+    Accepted when every file name has that form and most cases appear in more than one (sequence, class)
+    folder (Kaggle's ``Tr-gl_0010`` prefixes each stay in one class folder: not patients), or when the root has
+    a ``slices.csv`` with a ``case`` column (as the LGG set does)."""
+    stems = [_CASE_SLICE.match(p.stem) for p in col.paths]
+    if not col.paths or not all(stems):
+        return
+    cases = [m.group("case") for m in stems]
+    folders: dict[str, set] = {}
+    for case, q, c in zip(cases, col.sequences, col.classes):
+        folders.setdefault(case, set()).add((q, c))
+    listed = root / "slices.csv"
+    declared = False
+    if listed.is_file():
+        try:
+            with listed.open(newline="") as fh:
+                declared = "case" in (csv.DictReader(fh).fieldnames or [])
+        except (OSError, csv.Error, UnicodeDecodeError):
+            declared = False
+    if declared or sum(len(f) > 1 for f in folders.values()) > len(folders) / 2:
+        col.patients[:] = cases
+
+
+def read_roots(roots: Sequence[str]) -> tuple[Collection, Optional[Collection]]:
+    """Several roots as one collection (and the union of their Testing/ splits, if any)."""
+    if not roots:
+        raise ValueError("no data roots given")
+    train, test = Collection(), None
+    seen: Counter = Counter()
+    for root in roots:
+        name = _source_name(Path(root))
+        seen[name] += 1
+        tr, te = read_root(root, name if seen[name] == 1 else f"{name}-{seen[name]}")
+        train.extend(tr)
+        if te is not None:
+            test = te if test is None else (test.extend(te) or test)
+    return train, test
+
+
+# ------------------------------------------------------------------------------------------- groups and split
+
+def merge_groups(dup_groups: Sequence[int], patients: Sequence[str], sources: Sequence[str]) -> np.ndarray:
+    """Group ids joining near-duplicates and slices of one patient (of one source): connected components."""
+    n = len(dup_groups)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    first: dict[tuple, int] = {}
+    for i, key in enumerate(zip(["d"] * n, dup_groups)):
+        union(i, first.setdefault(key, i))
+    for i, (s, p) in enumerate(zip(sources, patients)):
+        if p:
+            union(i, first.setdefault(("p", s, p), i))
+    _, ids = np.unique([find(i) for i in range(n)], return_inverse=True)
+    return ids
+
+
+def previous_sides(col: Collection, split_json: Path) -> np.ndarray:
+    """Per image: 1 if an earlier split.json put it in validation, 0 in training, -1 if it does not list it.
+
+    Entries are ``source/path`` (this module's format) or, in the older single-root format, paths inside the root."""
+    info = json.loads(Path(split_json).read_text())
+    sides = {k: 0 for k in info.get("train", [])} | {k: 1 for k in info.get("val", [])}
+    out = np.full(len(col), -1, dtype=int)
+    for i in range(len(col)):
+        key = col.relpath(i)
+        inner = key.split("/", 1)[1]
+        out[i] = sides.get(key, sides.get(inner, -1)) if "roots" in info else sides.get(inner, -1)
+    return out
+
+
+def split(col: Collection, thumbs: np.ndarray, val_fraction: float, seed: int, dup_threshold: float,
+          fixed: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(is_validation per image, group id per image): whole groups on one side, stratified by source and class.
+
+    ``fixed`` (previous_sides): images an earlier model was trained or validated on keep their side, and so does
+    every group holding one (validation wins a tie), so continuing from that model never validates on its
+    training images; the other groups are split as usual."""
+    groups = merge_groups(near_duplicate_groups(thumbs, dup_threshold), col.patients, col.sources)
+    _, strata = np.unique([f"{s}/{c}" for s, c in zip(col.sources, col.classes)], return_inverse=True)
+    if fixed is None or (fixed < 0).all():
+        return grouped_split(groups, strata, val_fraction, seed), groups
+    is_val = np.zeros(len(col), dtype=bool)
+    free = np.ones(len(col), dtype=bool)
+    for g in np.unique(groups[fixed >= 0]):
+        members = groups == g
+        is_val[members] = (fixed[members] == 1).any()
+        free[members] = False
+    if free.any():
+        is_val[free] = grouped_split(groups[free], strata[free], val_fraction, seed)
+    return is_val, groups
+
+
+def sampling_weights(col: Collection, balance: float) -> np.ndarray:
+    """Per-image sampling weights: a (source, sequence) group of n images gets total weight n ** balance.
+
+    balance 1: as pooled (big sources dominate); 0: every group equally often; 0.5 (default) in between, so a
+    5,700-image source is drawn about 3.5x as often as a 450-image one, not 13x."""
+    if not 0 <= balance <= 1:
+        raise ValueError(f"source balance must be between 0 and 1, got {balance}")
+    keys = col.groups()
+    counts = Counter(keys)
+    w = np.array([counts[k] ** balance / counts[k] for k in keys], dtype=np.float64)
+    return w / w.sum()
+
+
+def write_split(path: Path, col: Collection, is_val: np.ndarray, groups: np.ndarray, **settings) -> None:
+    path.write_text(json.dumps({
+        **settings, "n_groups": int(groups.max() + 1) if len(groups) else 0, "roots": col.roots,
+        "train": [col.relpath(i) for i in range(len(col)) if not is_val[i]],
+        "val": [col.relpath(i) for i in range(len(col)) if is_val[i]],
+    }, indent=1))
+
+
+def read_split(folder: str, roots: Optional[dict[str, str]] = None) -> tuple[Collection, np.ndarray]:
+    """The images of a model folder's split.json as (collection, is_validation). ``roots`` overrides where each
+    source lies (source name -> folder), for a split written on another machine."""
+    info = json.loads((Path(folder) / "split.json").read_text())
+    where = {**info.get("roots", {}), **(roots or {})}
+    if not where:
+        raise ValueError(f"{folder}/split.json names no data roots; give them (source=DIR)")
+    by_source = {}
+    for name, root in where.items():
+        col, _ = read_root(root, name)
+        by_source.update({col.relpath(i): (col, i) for i in range(len(col))})
+    out, is_val = Collection(roots=dict(where)), []
+    for flag, key in [(False, k) for k in info["train"]] + [(True, k) for k in info["val"]]:
+        if key not in by_source:
+            continue  # a file removed since the split was written
+        col, i = by_source[key]
+        _append(out, col, i)
+        is_val.append(flag)
+    return out, np.array(is_val, dtype=bool)
+
+
+def _append(out: Collection, col: Collection, i: int) -> None:
+    for name in ("paths", "classes", "sources", "sequences", "patients", "masks"):
+        getattr(out, name).append(getattr(col, name)[i])
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+def read_mask(path: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
+    """A tumour mask (H x W bool) from a mask image or a YOLO box file; None if unreadable or of another size."""
+    if path.suffix.lower() == ".txt":
+        from .evaluate import box_mask, read_yolo_box
+        box = read_yolo_box(path)
+        return box_mask(shape, box) if box is not None else None
+    try:
+        m = read_image(path) > 127
+    except ImageReadError:
+        return None
+    return m if m.shape == shape else None
+
+
+def load(col: Collection, size: int, progress: bool = True
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Optional[str]]]:
+    """Decode every image once: (N x S x S uint8 prepared slices, N x 1024 thumbnails, N x S x S uint8 masks
+    (0 where none; ``has_mask`` is ``masks.any((1, 2))``), errors per file)."""
+    from tqdm import tqdm
+
+    n = len(col)
+    images = np.zeros((n, size, size), dtype=np.uint8)
+    masks = np.zeros((n, size, size), dtype=np.uint8)
+    thumbs = np.zeros((n, 1024), dtype=np.float32)
+    errors: list[Optional[str]] = [None] * n
+    for i in tqdm(range(n), desc="decoding", unit="img", disable=not progress, leave=False):
+        try:
+            gray = read_image(col.paths[i])
+        except ImageReadError as e:
+            errors[i] = str(e)
+            continue
+        images[i], crop = prepare(gray, size)
+        thumbs[i] = thumbnail(gray)
+        if col.masks[i] is not None and canonical_class(col.classes[i]) != "notumor":
+            m = read_mask(col.masks[i], gray.shape)
+            if m is not None:
+                masks[i] = apply_crop(m.astype(np.uint8) * 255, crop, size) > 127
+    return images, thumbs, masks, errors
