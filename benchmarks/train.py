@@ -12,6 +12,11 @@ The epochs of the two loops alternate, so a busy machine slows both alike. No mo
     python -m benchmarks.train                                   # 256 training images, 2 epochs
     python -m benchmarks.train --images 512 --epochs 3 --json train.json
     python -m benchmarks.train --img-size 224 --workers 2
+    python -m benchmarks.train --processes 1,2 --images 512       # train.py under torchrun: 1 and 2 processes
+
+``--processes`` times train.py itself under ``torchrun --nproc_per_node N`` (DistributedDataParallel, gloo on
+CPUs, NCCL on GPUs) for each N: the same images and settings, --batch-size per process (so the global batch
+grows with N), images per second from the run's own epoch times (the last epoch's, after warm-up).
 """
 from __future__ import annotations
 
@@ -108,7 +113,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="our loop's forward precision, as train.py --precision (the plain loop is fp32)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--processes", default=None, metavar="N,N",
+                    help="time train.py under torchrun with each number of processes instead (see the docstring)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="for --processes")
     args = ap.parse_args(argv)
+    if args.processes:
+        return _torchrun(args)
 
     from brain_tumor.config import TrainConfig
     from brain_tumor.data import load_prepared
@@ -189,6 +199,52 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "images_per_second_amortised": ours_ips,
                  "images_per_second_epochs_only": ours_n * args.epochs / sum(ours_s)},
         "ratio_ours_over_plain": ratio}, info)
+    return 0
+
+
+def _torchrun(args) -> int:
+    """train.py under torchrun for each process count: images per second of the last epoch."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import tempfile
+
+    info = machine()
+    print(describe_machine(info))
+    img_size = args.img_size or 128
+    rows, results = [], {}
+    for n in [int(v) for v in args.processes.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            sock.close()
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+                   str(port), "train.py", "--data", args.data, "--out", f"{tmp}/m", "--init", "scratch",
+                   "--img-size", str(img_size), "--epochs", str(max(2, args.epochs)), "--batch-size",
+                   str(args.batch_size), "--max-images", str(args.images), "--precision", args.precision,
+                   "--device", args.device, "--patience", "0", "--seed", str(args.seed)]
+            threads = max(1, (os.cpu_count() or 1) // n) if args.device != "cuda" else 1
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads or threads)}
+            run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if run.returncode != 0:
+                print(run.stderr[-1500:], file=sys.stderr)
+                return 1
+            cfg = json.loads(Path(f"{tmp}/m/config.json").read_text())
+            hist, tr = cfg["training"]["history"], cfg["training"]
+            train_images = tr["data_images"] - cfg["metrics"]["validation"]["n"]
+            ips = train_images / hist[-1]["seconds"]  # epoch time includes rank 0's validation
+            results[n] = {"images_per_second": ips, "epoch_seconds": [h["seconds"] for h in hist],
+                          "global_batch": tr["global_batch"], "hardware": tr["hardware"],
+                          "threads_per_process": args.threads or threads}
+            rows.append([f"{n} process(es), {threads} thread(s) each, global batch {tr['global_batch']}",
+                         f"{hist[-1]['seconds']:.1f} s", f"{ips:.1f}"])
+            print(f"  {n} process(es): {ips:.1f} images/s", flush=True)
+    print()
+    print(table(["train.py under torchrun, last epoch (with validation)", "seconds", "images/s"], rows))
+    write_json(args.json, "train_ddp", {"data": args.data, "images": args.images, "img_size": img_size,
+                                        "batch_size_per_process": args.batch_size, "device": args.device,
+                                        "results": results}, info)
     return 0
 
 

@@ -212,13 +212,14 @@ def previous_sides(col: Collection, split_json: Path) -> np.ndarray:
 
 def split(col: Collection, thumbs: np.ndarray, val_fraction: float, seed: int, dup_threshold: float,
           fixed: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(is_validation per image, group id per image): whole groups on one side, stratified by source and class.
+    """(is_validation per image, group id per image): whole groups on one side, stratified by source, sequence
+    and class (so that even a small sequence folder's class gets its share of validation images).
 
     ``fixed`` (previous_sides): images an earlier model was trained or validated on keep their side, and so does
     every group holding one (validation wins a tie), so continuing from that model never validates on its
     training images; the other groups are split as usual."""
     groups = merge_groups(near_duplicate_groups(thumbs, dup_threshold), col.patients, col.sources)
-    _, strata = np.unique([f"{s}/{c}" for s, c in zip(col.sources, col.classes)], return_inverse=True)
+    _, strata = np.unique([f"{g}/{c}" for g, c in zip(col.groups(), col.classes)], return_inverse=True)
     if fixed is None or (fixed < 0).all():
         return grouped_split(groups, strata, val_fraction, seed), groups
     is_val = np.zeros(len(col), dtype=bool)

@@ -143,10 +143,13 @@ def tumor_scores(is_tumor: Sequence[bool], p_tumor: Sequence[float]) -> dict[str
             "tumor_auroc": auroc(t.astype(int), p)}
 
 
+MIN_SUPPORT = 10  # a figure from fewer images than this does not enter the selection score (too noisy)
+
+
 def group_reports(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str], class_names: Sequence[str],
                   no_tumor: Sequence[int]) -> dict[str, dict[str, float]]:
     """Accuracy, tumour sensitivity and specificity (NaN where a group has no such images) per group name
-    (e.g. 'source/sequence'), sorted by name."""
+    (e.g. 'source/sequence'), sorted by name, with the numbers of tumour and no-tumour images they rest on."""
     y, probs, groups = np.asarray(y_true, dtype=int), np.asarray(probs, dtype=np.float64), np.asarray(groups)
     out = {}
     for g in sorted(set(groups.tolist())):
@@ -155,13 +158,18 @@ def group_reports(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str
         row = {"n": int(m.sum()), "accuracy": float((pred == y[m]).mean())}
         row.update(tumor_scores(np.isin(y[m], no_tumor, invert=True), tumor_probability(probs[m], no_tumor)))
         out[g] = {k: row[k] for k in ("n", "accuracy", "tumor_sensitivity", "tumor_specificity")}
+        tumour = np.isin(y[m], no_tumor, invert=True)
+        out[g].update(n_tumor=int(tumour.sum()), n_no_tumor=int((~tumour).sum()))
     return out
 
 
 def group_score(row: dict[str, float]) -> float:
-    """One group's figure: the mean of its accuracy, tumour sensitivity and specificity (those defined)."""
+    """One group's figure: the mean of its accuracy, tumour sensitivity and specificity -- those defined and
+    resting on at least MIN_SUPPORT images (a specificity from one normal slice would swing the score)."""
+    support = {"accuracy": row.get("n", MIN_SUPPORT), "tumor_sensitivity": row.get("n_tumor", MIN_SUPPORT),
+               "tumor_specificity": row.get("n_no_tumor", MIN_SUPPORT)}
     vals = [row[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity") if row.get(k) == row.get(k)
-            and row.get(k) is not None]
+            and row.get(k) is not None and support[k] >= MIN_SUPPORT]
     return float(np.mean(vals)) if vals else float("nan")
 
 

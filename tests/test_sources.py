@@ -138,7 +138,10 @@ def test_group_report_on_a_made_up_set():
     probs = np.eye(2)[pred] * 0.8 + 0.1
     groups = ["a"] * 4 + ["b"] * 4
     r = metrics.group_reports(y, probs, groups, names, no_tumor)
-    assert r["a"] == {"n": 4, "accuracy": 0.75, "tumor_sensitivity": pytest.approx(2 / 3), "tumor_specificity": 1.0}
+    assert r["a"] == {"n": 4, "accuracy": 0.75, "tumor_sensitivity": pytest.approx(2 / 3), "tumor_specificity": 1.0,
+                      "n_tumor": 3, "n_no_tumor": 1}
+    for row in r.values():  # the made-up groups are tiny: let every figure count
+        row.update(n=10, n_tumor=10, n_no_tumor=10)
     assert r["b"]["accuracy"] == 0.5 and r["b"]["tumor_sensitivity"] == 1.0
     assert r["b"]["tumor_specificity"] == pytest.approx(1 / 3)
     a, b = metrics.group_score(r["a"]), metrics.group_score(r["b"])
@@ -146,7 +149,11 @@ def test_group_report_on_a_made_up_set():
     assert metrics.selection_score(r) == pytest.approx(0.5 * (a + b) / 2 + 0.5 * min(a, b))
     only_tumours = metrics.group_reports([0, 0], np.array([[0.9, 0.1], [0.2, 0.8]]), ["c", "c"], names, no_tumor)
     assert np.isnan(only_tumours["c"]["tumor_specificity"])
+    assert np.isnan(metrics.group_score(only_tumours["c"]))  # two images: too few to count
+    only_tumours["c"].update(n=10, n_tumor=10)
     assert metrics.group_score(only_tumours["c"]) == pytest.approx((0.5 + 0.5) / 2)
+    r["a"]["n_no_tumor"] = 1  # a specificity from one normal slice leaves the score
+    assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3) / 2)
     assert "c " in metrics.format_group_table(only_tumours)
 
 
