@@ -36,6 +36,10 @@ def _trust_section(config: ModelConfig) -> list[str]:
                      f"answered rest {_fmt(c.get('error_when_answering'))}; error on the 90% most confident "
                      f"{_fmt(c['error_at_90_coverage'])}. `uncertainty` is the normalised entropy of the "
                      "calibrated probabilities.")
+        if (c.get("error_when_answering") or 0) > 0.05:
+            lines.append(f"- **Warning:** even above that threshold the model errs on {c['error_when_answering']:.1%} of the "
+                         "validation slices it answers (pooled over all sources; the threshold is held at 80% coverage), "
+                         "so 'needs review' does not make the other answers safe. Read the per-source figures.")
     d = m.get("mri_detector")
     if d:
         lines.append(f"- 'Looks like a brain MRI': {d['method']}, threshold at the {d['quantile_of_validation_mris']:.1%} "

@@ -1,0 +1,28 @@
+"""The bundled model: it loads, describes itself, and names the bundled examples' classes."""
+from __future__ import annotations
+
+import json
+
+from brain_tumor import Predictor, read_image
+from brain_tumor.model import BUNDLED_MODEL
+from conftest import ROOT
+
+EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
+
+
+def test_the_shipped_model_labels_the_examples():
+    predictor = Predictor(str(BUNDLED_MODEL))
+    preds = predictor.predict([read_image(p) for p in EXAMPLES], heatmaps=False)
+    for path, pred in zip(EXAMPLES, preds):
+        expected = path.stem.rsplit("_", 1)[0]
+        assert pred.label == expected, f"{path.name}: {pred.label}"
+        assert pred.looks_like_mri, path.name
+
+
+def test_the_shipped_card_reports_every_validation_source():
+    config = json.loads((BUNDLED_MODEL / "config.json").read_text())
+    groups = config["metrics"]["validation_groups"]
+    assert {"brain-tumor-mri", "lgg-segmentation/flair", "mri-44class-half/t2"} <= set(groups)
+    card = (BUNDLED_MODEL / "README.md").read_text()
+    assert "license: cc-by-nc-sa-4.0" in card  # trained on the LGG set: non-commercial, share alike
+    assert "model-index" in card and "lgg-segmentation/flair (grouped validation split)" in card
