@@ -14,6 +14,11 @@ def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _minutes(training: dict) -> str:
+    seconds = training.get("seconds")
+    return f"{seconds / 60:.0f} min" if isinstance(seconds, (int, float)) else "n/a"
+
+
 def _trust_section(config: ModelConfig) -> list[str]:
     """'How far to trust it': heat maps, calibration, abstention, the MRI check -- whatever was measured."""
     m = config.metrics or {}
@@ -117,7 +122,8 @@ def _data_section(config: ModelConfig) -> list[str]:
         lines += ["", "The weights' licence follows their training data; a source above has no recorded terms, so "
                   "state them before sharing the weights."]
     else:
-        lines += ["", f"The weights are released under **{licence.upper().replace('CC-', 'CC ').replace('-', ' ')}**"
+        shown = {"cc-by-nc-sa-4.0": "CC BY-NC-SA 4.0", "cc-by-4.0": "CC BY 4.0"}.get(licence, licence)
+        lines += ["", f"The weights are released under **{shown}**"
                   ", following their training data" + (" (non-commercial use only, share alike)." if "nc" in licence
                                                        else ".")]
     share = tr.get("sampling_share")
@@ -136,8 +142,8 @@ def _group_section(config: ModelConfig) -> list[str]:
     groups = (config.metrics or {}).get("validation_groups")
     if not groups:
         return []
-    lines = ["", "### By source and sequence (calibrated; pointing game: layer4 class activation's peak inside the "
-             "tumour mask)", "", "| source / sequence | n | accuracy | tumour sensitivity | specificity | pointing game |",
+    lines = ["", "### By source and sequence (calibrated; pointing game: the layer4 class activation's peak inside the "
+             "tumour mask, the training signal; the served map's figures are under 'How far to trust it')", "", "| source / sequence | n | accuracy | tumour sensitivity | specificity | pointing game |",
              "|---|---|---|---|---|---|"]
     for g, r in groups.items():
         lines.append(f"| {g} | {r['n']} | {_fmt(r.get('accuracy'))} | {_fmt(r.get('tumor_sensitivity'))} | "
@@ -197,8 +203,8 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
     lines += [
         "",
         "## Training",
-        f"- epochs run: {tr.get('epochs_run', 'n/a')} (best: {m.get('best_epoch', 'n/a')}); "
-        f"time: {_fmt(tr.get('seconds'))} s on {tr.get('hardware', 'n/a')}; torch {tr.get('torch', 'n/a')}",
+        f"- epochs run: {tr.get('epochs_run', 'n/a')} (best: {m.get('best_epoch', 'n/a')}); time: {_minutes(tr)} on "
+        f"{tr.get('hardware', 'n/a')}; torch {tr.get('torch', 'n/a')}",
         f"- settings: `{json.dumps(tr.get('config', {}))}`",
         "- augmentation: flips, rotation, scale, shift; random piecewise-linear intensity curves and tissue "
         "inversion (which reorder tissue contrast as a different MRI sequence does), gamma, contrast, blur, noise"
