@@ -34,23 +34,23 @@ def parse_args(argv=None) -> TrainConfig:
                         "of class folders (flair/glioma/...); classes are the union, mapped through the aliases")
     p.add_argument("--out", default=d.out, help="output model folder (Hugging Face layout)")
     p.add_argument("--init", default=d.init, help="imagenet | scratch | PATH (.safetensors or model folder)")
-    p.add_argument("--img-size", type=int, default=d.img_size)
+    p.add_argument("--img-size", type=int, default=d.img_size, help="square network input, pixels")
     p.add_argument("--output-stride", type=int, choices=[16, 32], default=d.output_stride,
                    help="16 dilates the last stage: layer4 heat maps on a grid twice as fine, ~1.4x compute")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs to train (a resumed run counts those done)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step, per process under torchrun")
     p.add_argument("--lr", type=float, default=d.lr, help="head learning rate")
     p.add_argument("--backbone-lr", default=str(d.backbone_lr),
                    help="backbone learning rate, or 'same' to train every layer at --lr")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--schedule", choices=["plateau", "onecycle"], default=d.schedule)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
+    p.add_argument("--schedule", choices=["plateau", "onecycle"], default=d.schedule, help="learning-rate schedule")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping; 0 disables")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--dup-threshold", type=float, default=d.dup_threshold)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--no-intensity-aug", dest="intensity_aug", action="store_false")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="share of each source/sequence/class held out (whole groups)")
+    p.add_argument("--dup-threshold", type=float, default=d.dup_threshold, help="thumbnail correlation that makes two slices near-duplicates")
+    p.add_argument("--seed", type=int, default=d.seed, help="split, sampling, augmentation and initialisation seed")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's choice)")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="cross-entropy label smoothing")
+    p.add_argument("--no-intensity-aug", dest="intensity_aug", action="store_false", help="no contrast curves, gamma, contrast, blur, noise")
     p.add_argument("--curve-p", type=float, default=d.curve_p,
                    help="share of training images given a random tissue-contrast curve")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> TrainConfig:
                    help="keep the train/validation side of every image this split.json lists "
                         "(default: the split.json of the --init model folder, if any)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="use a random subset (smoke tests)")
-    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the model folder to this Hub repo when done")
     a = p.parse_args(argv)
     values = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
     try:
