@@ -132,6 +132,7 @@ def test_summary_says_uncertain_and_not_mri_in_words(app):
     assert "does not look like a brain MRI" in text and "probability of a tumour" not in text
 
 
+@pytest.mark.slow
 def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
     out = subprocess.run([sys.executable, "-m", "brain_tumor.predict", "--json", "--model", str(tiny_model_dir),
                           *map(str, EXAMPLES)], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -271,6 +272,7 @@ def test_too_large_upload_is_refused(url, client, tmp_path):
     assert ask(client, EXAMPLES[1])[0]["label"]
 
 
+@pytest.mark.slow
 def test_concurrent_requests_give_the_results_of_sequential_ones(app, url, client, tmp_path):
     from gradio_client import Client
 
@@ -320,6 +322,7 @@ def test_uploads_do_not_linger_in_the_temp_dir(app, client, tmp_path):
     assert not [f for f in left if Path(app.TEMP_DIR, f).stat().st_size == 0], left  # no empty temp files
 
 
+@pytest.mark.slow
 def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
     port = free_port()
     env = {**os.environ, "BRAIN_TUMOR_MODEL": str(tiny_model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
@@ -350,6 +353,7 @@ def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_python_app_py_reports_a_missing_model(tmp_path):
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "nowhere")], cwd=ROOT, env=env,

@@ -20,8 +20,8 @@ EXAMPLE = ROOT / "examples" / "glioma_1.jpg"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium not installed at /usr/bin/chromium "
-                                "(apt-get install chromium); Playwright's own browser download is not used")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium not installed at /usr/bin/chromium "
+                                "(apt-get install chromium); Playwright's own browser download is not used")]
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_one_step_on_two_processes_equals_one_process(tmp_path):
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
@@ -99,6 +100,7 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
     assert moved > 10  # the step changed the weights: the comparison is not of two untouched models
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_write_one_model_folder(tmp_path):
     data = write_class_folders(tmp_path / "data", per_class=4)
     out = tmp_path / "model"

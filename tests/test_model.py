@@ -68,6 +68,7 @@ def _hub_cache(tmp_path, tiny_model_dir, repo="someone/brain-tumor", commit="a" 
     return cache
 
 
+@pytest.mark.slow
 def test_hub_id_loads_offline_from_the_cache(tmp_path, tiny_model_dir):
     cache = _hub_cache(tmp_path, tiny_model_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")}

@@ -18,6 +18,7 @@ TINY = ["--img-size", "64", "--epochs", "2", "--batch-size", "8", "--init", "scr
         "--val-fraction", "0.25", "--patience", "0"]
 
 
+@pytest.mark.slow
 def test_train_save_load_predict_round_trip(class_folders, tmp_path, capsys):
     out = tmp_path / "model"
     assert train.main(["--data", str(class_folders), "--out", str(out), *TINY]) == 0
@@ -46,6 +47,7 @@ def test_train_save_load_predict_round_trip(class_folders, tmp_path, capsys):
         assert abs(r["tumor_probability"] - (1 - r["probabilities"]["notumor"])) < 1e-5
 
 
+@pytest.mark.slow
 def test_bf16_and_dilated_training_runs_and_is_recorded(class_folders, tmp_path, monkeypatch):
     from brain_tumor import config, engine
 
@@ -64,6 +66,7 @@ def test_bf16_and_dilated_training_runs_and_is_recorded(class_folders, tmp_path,
     assert model.net.layer4[0].conv1.stride == (1, 1)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_from_the_last_epoch(class_folders, tmp_path, capsys):
     out = tmp_path / "model"
     args = ["--data", str(class_folders), "--out", str(out), *TINY]
@@ -79,6 +82,7 @@ def test_interrupted_training_resumes_from_the_last_epoch(class_folders, tmp_pat
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+@pytest.mark.slow
 def test_kaggle_layout_scores_the_testing_split(tmp_path):
     root = tmp_path / "kaggle"
     write_class_folders(root / "Training", per_class=4)
@@ -92,6 +96,7 @@ def test_kaggle_layout_scores_the_testing_split(tmp_path):
     assert all(p.startswith("kaggle/Training/") for p in split["val"])  # source/path inside the root
 
 
+@pytest.mark.slow
 def test_yes_no_layout_trains_a_two_class_model(tmp_path):
     root = write_class_folders(tmp_path / "brain_tumor_dataset", classes=["yes", "no"], per_class=8)
     out = tmp_path / "model"

@@ -89,6 +89,7 @@ def test_an_earlier_split_keeps_its_sides(tmp_path):
     assert not is_val[::2].any() and is_val[1::4].all()
 
 
+@pytest.mark.slow
 def test_roots_with_different_classes_train_together(tmp_path, capsys):
     kaggle = write_class_folders(tmp_path / "kaggle", per_class=4)
     lgg = write_lgg_like(tmp_path / "lgg", patients=4)
