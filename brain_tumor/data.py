@@ -504,13 +504,9 @@ def thumbnail(gray: np.ndarray, size: int = 32) -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
 
 
-def near_duplicate_groups(thumbs: np.ndarray, threshold: float = 0.95, chunk: int = 2048) -> np.ndarray:
-    """Group ids: connected components of the graph 'thumbnail correlation >= threshold'."""
-    x = np.asarray(thumbs, dtype=np.float32)
-    x = x - x.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    x = x / np.maximum(norms, 1e-6)
-    n = len(x)
+def connected_components(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
+    """Component id per node of a graph of ``n`` nodes with these edges (ids in order of each component's
+    smallest node): union-find with path halving."""
     parent = np.arange(n)
 
     def find(i: int) -> int:
@@ -519,17 +515,27 @@ def near_duplicate_groups(thumbs: np.ndarray, threshold: float = 0.95, chunk: in
             i = parent[i]
         return i
 
-    for start in range(0, n, chunk):
-        sims = x[start:start + chunk] @ x.T
-        rows, cols = np.nonzero(sims >= threshold)
-        for r, c in zip(rows + start, cols):
-            if c > r:
-                a, b = find(r), find(c)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    roots = np.array([find(i) for i in range(n)])
-    _, ids = np.unique(roots, return_inverse=True)
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    _, ids = np.unique([find(i) for i in range(n)], return_inverse=True)
     return ids
+
+
+def near_duplicate_groups(thumbs: np.ndarray, threshold: float = 0.95, chunk: int = 2048) -> np.ndarray:
+    """Group ids: connected components of the graph 'thumbnail correlation >= threshold'."""
+    x = np.asarray(thumbs, dtype=np.float32)
+    x = x - x.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.maximum(norms, 1e-6)
+
+    def similar_pairs():
+        for start in range(0, len(x), chunk):
+            rows, cols = np.nonzero(x[start:start + chunk] @ x.T >= threshold)
+            yield from ((r, c) for r, c in zip(rows + start, cols) if c > r)
+
+    return connected_components(len(x), similar_pairs())
 
 
 def grouped_split(groups: Sequence[int], labels: Sequence[int], val_fraction: float, seed: int) -> np.ndarray:

@@ -14,6 +14,7 @@ never straddles train and validation (``split``). Tumour masks (``<root>/masks/<
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from collections import Counter
@@ -24,8 +25,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .config import CLASS_ALIASES, canonical_class
-from .data import (ImageReadError, _SPLIT_NAMES, apply_crop, find_splits, grouped_split, list_images,
-                   near_duplicate_groups, prepare, read_image, thumbnail)
+from .data import (ImageReadError, _SPLIT_NAMES, apply_crop, connected_components, find_splits, grouped_split,
+                   list_images, near_duplicate_groups, prepare, read_image, thumbnail)
 
 _KNOWN_CLASSES = frozenset(CLASS_ALIASES)
 _CASE_SLICE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)$")
@@ -54,20 +55,24 @@ class Collection:
         """'source/sequence' of every image (``source`` alone where the root has no sequence folders)."""
         return [f"{s}/{q}" if q else s for s, q in zip(self.sources, self.sequences)]
 
+    def take(self, indices: Sequence[int]) -> "Collection":
+        """The images at these positions, in this order."""
+        return Collection(*([getattr(self, name)[i] for i in indices] for name in _PER_IMAGE), roots=dict(self.roots))
+
     def subset(self, keep: Sequence[bool]) -> "Collection":
-        keep = list(keep)
-        pick = lambda xs: [x for x, k in zip(xs, keep) if k]  # noqa: E731
-        return Collection(pick(self.paths), pick(self.classes), pick(self.sources), pick(self.sequences),
-                          pick(self.patients), pick(self.masks), dict(self.roots))
+        return self.take([i for i, k in enumerate(keep) if k])
 
     def extend(self, other: "Collection") -> None:
-        for name in ("paths", "classes", "sources", "sequences", "patients", "masks"):
+        for name in _PER_IMAGE:
             getattr(self, name).extend(getattr(other, name))
         self.roots.update(other.roots)
 
     def relpath(self, i: int) -> str:
         """``source/path-inside-root``: how split.json names an image."""
         return f"{self.sources[i]}/{self.paths[i].relative_to(self.roots[self.sources[i]]).as_posix()}"
+
+
+_PER_IMAGE = ("paths", "classes", "sources", "sequences", "patients", "masks")  # Collection's parallel lists
 
 
 def _is_class_dir(d: Path) -> bool:
@@ -172,28 +177,10 @@ def read_roots(roots: Sequence[str]) -> tuple[Collection, Optional[Collection]]:
 
 def merge_groups(dup_groups: Sequence[int], patients: Sequence[str], sources: Sequence[str]) -> np.ndarray:
     """Group ids joining near-duplicates and slices of one patient (of one source): connected components."""
-    n = len(dup_groups)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
     first: dict[tuple, int] = {}
-    for i, key in enumerate(zip(["d"] * n, dup_groups)):
-        union(i, first.setdefault(key, i))
-    for i, (s, p) in enumerate(zip(sources, patients)):
-        if p:
-            union(i, first.setdefault(("p", s, p), i))
-    _, ids = np.unique([find(i) for i in range(n)], return_inverse=True)
-    return ids
+    dup_edges = ((i, first.setdefault(("d", g), i)) for i, g in enumerate(dup_groups))
+    patient_edges = ((i, first.setdefault(("p", s, p), i)) for i, (s, p) in enumerate(zip(sources, patients)) if p)
+    return connected_components(len(dup_groups), itertools.chain(dup_edges, patient_edges))
 
 
 def previous_sides(col: Collection, split_json: Path) -> np.ndarray:
@@ -261,23 +248,13 @@ def read_split(folder: str, roots: Optional[dict[str, str]] = None) -> tuple[Col
     where = {**info.get("roots", {}), **(roots or {})}
     if not where:
         raise ValueError(f"{folder}/split.json names no data roots; give them (source=DIR)")
-    by_source = {}
+    every = Collection()
     for name, root in where.items():
-        col, _ = read_root(root, name)
-        by_source.update({col.relpath(i): (col, i) for i in range(len(col))})
-    out, is_val = Collection(roots=dict(where)), []
-    for flag, key in [(False, k) for k in info["train"]] + [(True, k) for k in info["val"]]:
-        if key not in by_source:
-            continue  # a file removed since the split was written
-        col, i = by_source[key]
-        _append(out, col, i)
-        is_val.append(flag)
-    return out, np.array(is_val, dtype=bool)
-
-
-def _append(out: Collection, col: Collection, i: int) -> None:
-    for name in ("paths", "classes", "sources", "sequences", "patients", "masks"):
-        getattr(out, name).append(getattr(col, name)[i])
+        every.extend(read_root(root, name)[0])
+    position = {every.relpath(i): i for i in range(len(every))}
+    listed = [(k, False) for k in info["train"]] + [(k, True) for k in info["val"]]
+    listed = [(position[k], flag) for k, flag in listed if k in position]  # a file removed since is skipped
+    return every.take([i for i, _ in listed]), np.array([flag for _, flag in listed], dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------------- loading
