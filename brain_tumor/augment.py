@@ -80,15 +80,24 @@ def brain_mask(x: torch.Tensor, strip: float = 0.08) -> torch.Tensor:
     return (-F.max_pool2d(-head.float(), k, 1, k // 2)) > 0.5
 
 
-def skull_strip(x: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
-    """Zero outside the brain for the images where ``use`` is True (BraTS-style skull-stripped inputs)."""
-    if not use.any():
+def _selected(transform):
+    """``transform(sub, *args)`` of a batch becomes ``f(x, use, *args)``: applied, on a copy of ``x``, to the images
+    where ``use`` is True, and nothing at all (not even a random draw) when it is nowhere True."""
+    @functools.wraps(transform)
+    def apply(x: torch.Tensor, use: torch.Tensor, *args) -> torch.Tensor:
+        if not use.any():
+            return x
+        x = x.clone()
+        x[use] = transform(x[use], *args)
         return x
-    x = x.clone()
+    return apply
+
+
+@_selected
+def skull_strip(sub: torch.Tensor) -> torch.Tensor:
+    """Zero outside the brain (BraTS-style skull-stripped inputs). Called as ``skull_strip(x, use)``."""
     strip = 0.06 + 0.06 * torch.rand(1).item()  # skull and scalp: 6-12% of the side
-    soft = F.avg_pool2d(brain_mask(x[use], strip).float(), 3, 1, 1)
-    x[use] = x[use] * soft
-    return x
+    return sub * F.avg_pool2d(brain_mask(sub, strip).float(), 3, 1, 1)
 
 
 def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 15.0,
@@ -113,23 +122,17 @@ def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 1
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def invert_tissue(x: torch.Tensor, use: torch.Tensor) -> torch.Tensor:
-    """Invert brightness inside the head (T1 <-> T2-like contrast), background kept black."""
-    if not use.any():
-        return x
-    x = x.clone()
-    sub = x[use]
+@_selected
+def invert_tissue(sub: torch.Tensor) -> torch.Tensor:
+    """Invert brightness inside the head (T1 <-> T2-like contrast), background kept black. ``(x, use)``."""
     inside = _fill(F.avg_pool2d(sub, 5, 1, 2) > 0.12).float()
-    x[use] = inside * (1.05 - sub).clamp(0, 1)
-    return x
+    return inside * (1.05 - sub).clamp(0, 1)
 
 
-def ghosting(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Ghosts along the phase-encoding axis: every k-th k-space line attenuated (TorchIO's RandomGhosting idea)."""
-    if not use.any():
-        return x
-    x = x.clone()
-    sub = x[use]
+@_selected
+def ghosting(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Ghosts along the phase-encoding axis: every k-th k-space line attenuated (TorchIO's RandomGhosting idea).
+    ``(x, use, generator)``."""
     k = torch.fft.fftshift(torch.fft.fft2(sub), dim=(-2, -1))
     every = int(torch.randint(2, 6, (1,), generator=generator))
     strength = 0.1 + 0.3 * float(torch.rand(1, generator=generator))
@@ -139,44 +142,36 @@ def ghosting(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> 
     rows[c - 4:c + 5] = 1.0  # keep the centre of k-space: the image itself
     along_rows = float(torch.rand(1, generator=generator)) < 0.5 or sub.shape[-1] != sub.shape[-2]
     k = k * (rows.view(1, 1, -1, 1) if along_rows else rows.view(1, 1, 1, -1))
-    x[use] = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).abs().clamp(0, 1)
-    return x
+    return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).abs().clamp(0, 1)
 
 
-def motion(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Patient motion during the scan: part of k-space taken from a slightly moved copy of the slice."""
-    if not use.any():
-        return x
-    x = x.clone()
-    sub = x[use]
+@_selected
+def motion(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Patient motion during the scan: part of k-space taken from a slightly moved copy of the slice.
+    ``(x, use, generator)``."""
     moved = geometric(sub, generator, max_rotate=4.0, scale=(0.98, 1.02), max_shift=0.02)
     k, km = torch.fft.fft2(sub), torch.fft.fft2(moved)
     h = sub.shape[-2]
     freq = torch.fft.fftfreq(h).abs().view(1, 1, -1, 1)
     cut = 0.05 + 0.2 * float(torch.rand(1, generator=generator))
     k = torch.where(freq > cut, km, k)  # outer k-space lines acquired after the movement
-    x[use] = torch.fft.ifft2(k).abs().clamp(0, 1)
-    return x
+    return torch.fft.ifft2(k).abs().clamp(0, 1)
 
 
-def low_resolution(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Acquired at 1/1.5 to 1/3 of the resolution (thick slices, small matrix), then interpolated back."""
-    if not use.any():
-        return x
-    x = x.clone()
-    s = x.shape[-1]
+@_selected
+def low_resolution(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Acquired at 1/1.5 to 1/3 of the resolution (thick slices, small matrix), then interpolated back.
+    ``(x, use, generator)``."""
+    s = sub.shape[-1]
     f = 1.5 + 1.5 * float(torch.rand(1, generator=generator))
-    small = F.interpolate(x[use], size=max(8, int(s / f)), mode="area")
-    x[use] = F.interpolate(small, size=s, mode="bilinear", align_corners=False).clamp(0, 1)
-    return x
+    small = F.interpolate(sub, size=max(8, int(s / f)), mode="area")
+    return F.interpolate(small, size=s, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def film(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A photographed film: lifted (grey) background, lower contrast, a glare gradient, vignetting."""
-    if not use.any():
-        return x
-    x = x.clone()
-    sub = x[use]
+@_selected
+def film(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A photographed film: lifted (grey) background, lower contrast, a glare gradient, vignetting.
+    ``(x, use, generator)``."""
     n, _, h, w = sub.shape
     r = torch.rand(n, 5, generator=generator)
     base = (0.05 + 0.2 * r[:, 0]).view(n, 1, 1, 1)
@@ -185,20 +180,18 @@ def film(x: torch.Tensor, use: torch.Tensor, generator: torch.Generator) -> torc
     angle = r[:, 2].view(n, 1, 1) * 2 * math.pi
     glare = (0.15 * r[:, 3]).view(n, 1, 1) * (torch.cos(angle) * xx + torch.sin(angle) * yy)
     vignette = 1 - 0.25 * r[:, 4].view(n, 1, 1) * (xx ** 2 + yy ** 2) / 2
-    x[use] = ((base + contrast * sub + glare.unsqueeze(1)) * vignette.unsqueeze(1)).clamp(0, 1)
-    return x
+    return ((base + contrast * sub + glare.unsqueeze(1)) * vignette.unsqueeze(1)).clamp(0, 1)
 
 
-def _monai(x: torch.Tensor, use: torch.Tensor, transform, generator: torch.Generator) -> torch.Tensor:
-    """Apply a MONAI array transform (channel-first, one image at a time) to the images where ``use`` is True."""
-    if not use.any():
-        return x
-    x = x.clone()
+@_selected
+def _monai(sub: torch.Tensor, transform, generator: torch.Generator) -> torch.Tensor:
+    """A MONAI array transform (channel-first, one image at a time), back in [0, 1]. ``(x, use, transform,
+    generator)``."""
     transform.set_random_state(seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
-    for i in torch.nonzero(use).flatten().tolist():
-        y = torch.as_tensor(transform(x[i]), dtype=x.dtype)
-        x[i] = y / y.amax().clamp(min=1.0) if y.amax() > 1 else y.clamp(0, 1)
-    return x
+    for i in range(len(sub)):  # sub is already a copy (boolean indexing)
+        y = torch.as_tensor(transform(sub[i]), dtype=sub.dtype)
+        sub[i] = y / y.amax().clamp(min=1.0) if y.amax() > 1 else y.clamp(0, 1)
+    return sub
 
 
 @functools.lru_cache(maxsize=1)
