@@ -28,7 +28,7 @@ from .augment import augment, skull_strip
 from .config import TrainConfig, use_bf16
 from .distributed import World, setup, teardown
 from . import datasets
-from .metrics import classification_report, format_group_table, group_reports, selection_score
+from .metrics import MIN_SUPPORT, classification_report, format_group_table, group_reports, selection_score
 from .model import TumorClassifier, create_model, save_model
 from .trust import record_calibration
 
@@ -62,8 +62,7 @@ def localisation_loss(model: TumorClassifier, maps: torch.Tensor, y: torch.Tenso
     head_only = tumour & ~has
     if not (has.any() or head_only.any()) or (cfg.loc_weight == 0 and cfg.head_weight == 0):
         return maps.new_zeros(())
-    weight = model.net.fc[1].weight[y].float()
-    cam = torch.einsum("nkhw,nk->nhw", maps.float(), weight)  # N x h x w, before the ReLU
+    cam = model.class_activation(maps, y, relu=False)  # N x h x w
     size = cam.shape[-2:]
     cam = torch.softmax(cam.flatten(1), 1).view_as(cam)
     inside_tumour = F.adaptive_max_pool2d(masks, size).squeeze(1)  # a cell touching the tumour counts as inside
@@ -121,12 +120,9 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         x = images[idx].float().div_(255).unsqueeze(1)
         y = labels[idx]
         m = masks[idx].float().unsqueeze(1) if masks is not None else None
-        if m is not None:
-            x, m = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mask=m, mri=cfg.mri_aug,
-                           strip_p=cfg.strip_p, artefact_p=cfg.artefact_p)
-        else:
-            x = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mri=cfg.mri_aug, strip_p=cfg.strip_p,
-                        artefact_p=cfg.artefact_p)
+        out = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mask=m, mri=cfg.mri_aug, strip_p=cfg.strip_p,
+                      artefact_p=cfg.artefact_p)
+        x, m = out if m is not None else (out, None)  # with a mask, augment returns (x, mask)
         mine = world.share(len(idx))
         x, y = x[mine].to(world.device, non_blocking=True), y[mine].to(world.device, non_blocking=True)
         m = m[mine].to(world.device, non_blocking=True) if m is not None else None
@@ -318,8 +314,11 @@ def _load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
         keep[rng.choice(len(col), cfg.max_images, replace=False)] = True
         col = col.subset(keep)
     classes = col.class_names
+    classes_in: dict[str, set] = {}
+    for g, c in zip(col.groups(), col.classes):
+        classes_in.setdefault(g, set()).add(c)
     for g, k in sorted(Counter(col.groups()).items()):
-        log(f"data: {g}: {k} images, classes {sorted(set(c for c, gg in zip(col.classes, col.groups()) if gg == g))}")
+        log(f"data: {g}: {k} images, classes {sorted(classes_in[g])}")
     images, thumbs, masks, errors = datasets.load(col, cfg.img_size, progress=progress)
     ok = np.array([e is None for e in errors])
     if not ok.all():
@@ -391,7 +390,10 @@ def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: 
     x_val, y_val = torch.from_numpy(images[is_val]), torch.from_numpy(labels[is_val]).long()
     m_val = torch.from_numpy(masks[is_val])
     weights = torch.from_numpy(datasets.sampling_weights(train_col, cfg.source_balance))
-    share = {g: float(weights[[k == g for k in train_col.groups()]].sum()) for g in sorted(set(train_col.groups()))}
+    share: dict[str, float] = {}
+    for g, w in zip(train_col.groups(), weights.tolist()):
+        share[g] = share.get(g, 0.0) + w
+    share = dict(sorted(share.items()))
     log("sampling share per epoch (source balance " + f"{cfg.source_balance:g}): "
         + ", ".join(f"{g} {v:.1%}" for g, v in share.items()))
 
@@ -482,7 +484,8 @@ def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: 
     model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
                                      "train/validation)", "best_epoch": best["epoch"],
                             "selection": "0.5 x mean + 0.5 x worst, over source/sequence groups, of the mean of "
-                                         "accuracy, tumour sensitivity and specificity"}
+                                         "accuracy, tumour sensitivity and specificity, each counted where it rests "
+                                         f"on >= {MIN_SUPPORT} images"}
     record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view,
                        val_groups=val_groups)
     temperature = model.config.temperature

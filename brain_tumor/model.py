@@ -137,11 +137,13 @@ class TumorClassifier(nn.Module):
         features = torch.flatten(n.avgpool(maps), 1)
         return n.fc(features), features, maps
 
-    def class_activation(self, maps: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """CAM of ``classes`` (N,) from layer4 maps: ReLU(sum_k w_ck A_k), N x h x w. With global average pooling
-        and a linear head this is layer4 Grad-CAM up to a positive factor, and it stays differentiable."""
+    def class_activation(self, maps: torch.Tensor, classes: torch.Tensor, relu: bool = True) -> torch.Tensor:
+        """CAM of ``classes`` (N,) from layer4 maps: ReLU(sum_k w_ck A_k), N x h x w (``relu=False``: before the
+        ReLU). With global average pooling and a linear head this is layer4 Grad-CAM up to a positive factor, and
+        it stays differentiable."""
         weight = self.net.fc[1].weight[classes]  # N x 512
-        return torch.relu(torch.einsum("nkhw,nk->nhw", maps.float(), weight.float()))
+        cam = torch.einsum("nkhw,nk->nhw", maps.float(), weight.float())
+        return torch.relu(cam) if relu else cam
 
     def forward(self, x: torch.Tensor, with_maps: bool = False):
         """Logits; with ``with_maps``, (logits, pooled features, layer4 maps) -- the form training runs through
