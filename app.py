@@ -38,17 +38,19 @@ from PIL import Image  # noqa: E402
 
 from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
 from brain_tumor.data import ImageReadError, dicom_frame_count, read_image  # noqa: E402
-from brain_tumor.explain import LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
+from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
 from brain_tumor.inference import Prediction, Predictor  # noqa: E402
 from brain_tumor.model import ModelLoadError  # noqa: E402
+from brain_tumor.report import write_report  # noqa: E402
+from brain_tumor.volume import is_volume, read_volume  # noqa: E402
+from brain_tumor.verdict import ANSWERED, DISCLAIMER  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted((HERE / "examples").glob("*.jpg"))
 METHODS = [m for m in LIBRARY_METHODS if m != "ablationcam"]  # AblationCAM takes minutes on a CPU
 PREDICTED = "predicted"
 DEFAULT_OPACITY = 0.45
-DISCLAIMER = "Research demo, not a diagnostic device. It must not be used to make clinical decisions."
 NOT_ASSESSED = "not assessed: this does not look like a brain MRI"  # the label shown when no answer is given
 DELETE_CACHE = (300, 600)  # every 5 minutes, delete output images older than 10 minutes
 
@@ -65,22 +67,22 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------- what is shown
 
 def summary(pred: Prediction, predictor: Predictor) -> str:
-    """The answer in words: verdict, tumour probability, and what the heat map is."""
-    if not pred.looks_like_mri:
-        lines = [f"**{pred.verdict}.** No class is assessed for this image."]
-    elif pred.needs_review:
-        lines = [f"**{pred.verdict}.** Confidence {pred.confidence:.1%} is below the model's threshold of "
-                 f"{predictor.config.abstain_below:.0%}."]
+    """The answer in words (verdict.decide, as the CLI and the report say it), the tumour probability, and
+    what the heat map shows."""
+    decision = pred.decision
+    if decision.status == ANSWERED:
+        lines = [f"**Answer: {decision.headline}** (confidence {pred.confidence:.1%}; uncertainty "
+                 f"{pred.uncertainty:.2f} on a 0-1 scale)."]
     else:
-        lines = [f"**Answer: {pred.label}** (confidence {pred.confidence:.1%}; uncertainty {pred.uncertainty:.2f} "
-                 "on a 0-1 scale)."]
+        lines = [f"**{decision.headline}.** {decision.detail}"]
     if predictor.config.no_tumor_indices and pred.looks_like_mri:
         p = pred.tumor_probability
         words = "very likely" if p >= 0.95 else "likely" if p >= 0.5 else "unlikely" if p > 0.05 else "very unlikely"
         lines.append(f"The model puts the probability of a tumour at **{p:.1%}**: a tumour is {words}.")
     if pred.heatmap is not None:
-        lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for *{pred.heatmap_class}*. "
-                     "It shows what drove the network, not an outline of a tumour." + heatmap_quality(predictor))
+        lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for *{pred.display(pred.heatmap_class)}*: "
+                     "where the evidence for that class lies, red strongest. It shows what drove the network, not an "
+                     "outline of a tumour." + heatmap_quality(predictor))
     lines.append(f"_{DISCLAIMER}_")
     return "\n\n".join(lines)
 
@@ -146,25 +148,78 @@ def _discard(path: str) -> None:
 
 
 def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[Any, dict]:
-    """The slice to classify, and the state that lets the session re-pick a frame after the upload is gone.
+    """The slice to classify, and the state that lets the session re-pick a slice after the upload is gone.
 
-    Raises ImageReadError (a reason a person can act on)."""
+    A volume (NIfTI, zipped DICOM series) is kept decoded in the state, 8-bit, as axial slices; a multi-frame
+    DICOM file is kept as its bytes. Raises ImageReadError (a reason a person can act on)."""
+    def pick(frames: int) -> Optional[int]:
+        if frames == 1:
+            return None
+        return frames // 2 if frame is None else min(max(int(frame), 0), frames - 1)
+
     if os.path.exists(path):
         try:
+            if is_volume(path):
+                vol = read_volume(path)
+                index = pick(len(vol)) if len(vol) > 1 else 0
+                return vol.slices[index], {"source": path, "frames": len(vol), "frame": index, "volume": vol.slices,
+                                           "notes": vol.notes, "gray": vol.slices[index]}
             frames = dicom_frame_count(path)
-            index = None if frames == 1 else min(max(int(frame or 0), 0), frames - 1)
+            index = pick(frames)
             data = Path(path).read_bytes() if frames > 1 else None  # kept in memory only to re-pick a slice
             gray = read_image(path, frame=index)
         finally:
             _discard(path)
         return gray, {"source": path, "frames": frames, "frame": index, "data": data, "gray": gray}
     if state and state.get("source") == path:  # the same upload, already decoded and deleted
-        frames = state["frames"]
-        index = None if frames == 1 else min(max(int(frame or 0), 0), frames - 1)
+        if state.get("error"):
+            raise ImageReadError(state["error"])
+        index = pick(state["frames"])
+        if state.get("volume") is not None and state["frames"] == 1:
+            index = 0
         if index != state["frame"]:
-            state = {**state, "frame": index, "gray": read_image(state["data"], frame=index)}
+            gray = state["volume"][index] if state.get("volume") is not None else read_image(state["data"], frame=index)
+            state = {**state, "frame": index, "gray": gray}
         return state["gray"], state
     raise ImageReadError("the uploaded file is no longer available (uploads are deleted once read); upload it again")
+
+
+def _slices(state: dict):
+    """Every slice of the upload in the state, in order (volume slices, or a multi-frame DICOM's frames)."""
+    if state.get("volume") is not None:
+        yield from state["volume"]
+    elif state.get("data") is not None:
+        for k in range(state["frames"]):
+            yield read_image(state["data"], frame=k)
+    else:
+        yield state["gray"]
+
+
+def probability_plot(probabilities: list[float], best: int):
+    """Tumour probability per slice, the most suspicious one marked."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(6, 2.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(range(len(probabilities)), probabilities, color="#1565c0", lw=1.5)
+    ax.scatter([best], [probabilities[best]], color="#b71c1c", zorder=3, label=f"slice {best}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("axial slice (0 = most inferior)")
+    ax.set_ylabel("P(tumour)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+LEGEND = f"""<div style="font-size:0.85em">
+<div style="height:12px;border-radius:3px;background:linear-gradient(to right, rgba(0,0,0,0) 0%, rgba(0,0,0,0) {int(HEAT_FLOOR * 100)}%,
+#0000ff {int(HEAT_FLOOR * 100)}%, #00ffff 45%, #ffff00 65%, #ff0000 85%, #800000 100%);border:1px solid #999"></div>
+<div style="display:flex;justify-content:space-between"><span>0</span><span>{HEAT_FLOOR:.0%} (below: not drawn)</span>
+<span>peak of this slice</span></div>
+Heat shows where the evidence for the explained class lies, relative to this slice's strongest (red); heat under
+{HEAT_FLOOR:.0%} of the peak is left transparent so the scan shows through. It is not an outline of a tumour.</div>"""
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -172,51 +227,102 @@ def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[A
 def build_demo(predictor: Predictor) -> gr.Blocks:
     """The Blocks app for one loaded model. Labels come from the model's config, never from this file."""
 
-    def predict(scan: Optional[dict], frame: float = 0, method: str = predictor.config.cam_method,
-                target: str = PREDICTED,
-                opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
-        """Classify one MRI slice; returns class confidences, heat-map overlay, model's view, summary."""
-        if not scan:
-            return None, None, None, "", None
+    def answer(scan: dict, frame, method, target, state):
+        """(decoded slice, prediction with heat map, state) for the upload; gr.Error with a reason otherwise."""
         try:
             gray, state = _decode(scan["path"], frame, state)
             [pred] = predictor.predict([gray], heatmaps=True, method=method,
                                        target=None if target in (None, "", PREDICTED) else target)
         except (ImageReadError, ValueError) as e:
             raise gr.Error(html.escape(f"Could not use this file: {e}"), print_exception=False) from None
+        return gray, pred, state
+
+    def predict(scan: Optional[dict], frame: float = 0, method: str = predictor.config.cam_method,
+                target: str = PREDICTED,
+                opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
+        """Classify one MRI slice; returns class confidences, heat-map overlay, model's view, summary."""
+        if not scan:
+            return None, None, None, "", None
+        gray, pred, state = answer(scan, frame, method, target, state)
         view = predictor.view(gray, pred.crop)
         state = {**state, "view": view, "heat": pred.heatmap}
         # a withheld answer shows no class as the answer: the label carries none of the model's classes
-        answer = pred.probabilities if pred.looks_like_mri else NOT_ASSESSED
-        return (answer, render(overlay(view, pred.heatmap, opacity), "overlay"), render(view, "view"),
-                summary(pred, predictor), state)
+        label = ({predictor.config.display(c): p for c, p in pred.probabilities.items()} if pred.looks_like_mri
+                 else NOT_ASSESSED)
+        text = summary(pred, predictor)
+        if state.get("frames", 1) > 1:
+            text = f"Slice {state['frame']} of {state['frames']} (0 = most inferior).\n\n" + text
+        if state.get("notes"):
+            text += "\n\n" + " ".join(f"Note: {html.escape(n)}." for n in state["notes"])
+        return label, render(overlay(view, pred.heatmap, opacity), "overlay"), render(view, "view"), text, state
+
+    def report(scan: Optional[dict], frame: float = 0, method: str = predictor.config.cam_method,
+               target: str = PREDICTED, opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
+        """The one-page PDF report of the answer /predict gives for the same inputs."""
+        if not scan:
+            raise gr.Error("Upload a scan first: the report is of its answer.", print_exception=False)
+        gray, pred, state = answer(scan, frame, method, target, state)
+        name = scan.get("orig_name") or Path(scan["path"]).name
+        folder = Path(TEMP_DIR) / "renders" / uuid.uuid4().hex
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stem = re.sub(r"[^\w.-]+", "_", Path(str(name)).name)[:60].rsplit(".", 1)[0] or "scan"
+        path = folder / f"report-{stem}.pdf"
+        write_report(pred, predictor.view(gray, pred.crop), path, file_name=str(name), model=predictor.source,
+                     version=predictor.config.version, opacity=opacity,
+                     slice_index=state.get("frame") if state.get("frames", 1) > 1 else None)
+        return str(path)
 
     def reblend(state: Optional[dict], opacity: float):
         if not state or state.get("view") is None:
             return gr.skip()
         return render(overlay(state["view"], state["heat"], opacity), "overlay")
 
-    def frame_slider(scan: Optional[dict]):
-        frames = 1
-        if scan:
-            try:
-                frames = dicom_frame_count(scan["path"])
-            except ImageReadError:
-                pass  # predict reports it
-        return gr.update(visible=frames > 1, maximum=max(frames - 1, 1), value=frames // 2 if frames > 1 else 0)
+    def preview(scan: Optional[dict], state: Optional[dict]):
+        """On upload: decode once, show the scan at once, and set up the slice slider for volumes."""
+        hidden = gr.update(visible=False)
+        if not scan:
+            return gr.update(visible=False, value=0), None, hidden, hidden, state
+        try:
+            gray, state = _decode(scan["path"], None, state)
+        except ImageReadError as e:  # the upload is gone: predict reports the reason from the state
+            return gr.update(visible=False, value=0), None, hidden, hidden, {"source": scan["path"], "error": str(e)}
+        frames = state.get("frames", 1)
+        slider = gr.update(visible=frames > 1, maximum=max(frames - 1, 1), value=state["frame"] or 0,
+                           label=f"Slice (0 = most inferior, of {frames})" if state.get("volume") is not None
+                           else f"Frame (multi-frame DICOM, of {frames})")
+        many = gr.update(visible=frames > 1)
+        return slider, render(_fit(gray), "view"), many, gr.update(visible=frames > 1, value=None), state
+
+    def scan_all(state: Optional[dict], progress=gr.Progress()):
+        """Every slice through the model in batches: the tumour probability per slice, and the slider moved to the
+        most suspicious one (which the chained predict then explains)."""
+        if not state or state.get("frames", 1) < 2:
+            raise gr.Error("Scan all slices needs a volume or a multi-frame DICOM file.", print_exception=False)
+        slices, probabilities, looks = list(_slices(state)), [], []
+        batch = 16
+        for start in progress.tqdm(range(0, len(slices), batch), desc="scanning slices", unit="batch"):
+            for p in predictor.predict(slices[start:start + batch], batch_size=batch):
+                probabilities.append(p.tumor_probability)
+                looks.append(p.looks_like_mri)
+        candidates = [i for i, ok in enumerate(looks) if ok] or list(range(len(slices)))
+        best = max(candidates, key=lambda i: probabilities[i])
+        return probability_plot(probabilities, best), gr.update(value=best)
 
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown("# Brain MRI tumour classifier\nDrop one MRI slice (JPEG, PNG, BMP, TIFF, WebP or DICOM): "
-                    "the model's answer, and a heat map of the regions that drove it. "
-                    f"**{DISCLAIMER}**")
+        gr.Markdown("# Brain MRI tumour classifier\nDrop one MRI slice (JPEG, PNG, BMP, TIFF, WebP or DICOM) or a "
+                    "volume (NIfTI `.nii`/`.nii.gz`, or a `.zip` of one DICOM series): the model's answer, and a "
+                    f"heat map of the regions that drove it. **{DISCLAIMER}**")
         state = gr.State(None, time_to_live=3600)
         with gr.Row():
             with gr.Column(scale=1):
-                scan = gr.File(label="MRI slice (JPEG, PNG, BMP, TIFF, WebP, DICOM)", type="filepath", elem_id="scan")
-                frame = gr.Slider(0, 1, value=0, step=1, label="Slice (multi-frame DICOM)", visible=False)
+                scan = gr.File(label="MRI slice or volume (JPEG, PNG, BMP, TIFF, WebP, DICOM, NIfTI, zipped DICOM series)",
+                               type="filepath", elem_id="scan")
+                frame = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
+                scan_button = gr.Button("Scan all slices", visible=False, elem_id="scan-all")
                 method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=predictor.config.cam_method,
                                      label="Explanation method")
-                target = gr.Dropdown([("the predicted class", PREDICTED)] + predictor.classes, value=PREDICTED,
+                target = gr.Dropdown([("the predicted class", PREDICTED)] +
+                                     [(predictor.config.display(c), c) for c in predictor.classes], value=PREDICTED,
                                      label="Class to explain")
                 opacity = gr.Slider(0, 1, value=DEFAULT_OPACITY, step=0.05, label="Heat-map opacity", elem_id="opacity")
                 gr.Examples([[str(p)] for p in EXAMPLES], inputs=[scan], label="Examples (click one)",
@@ -226,24 +332,43 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                 with gr.Row():
                     view = gr.Image(label="The scan as the model saw it", type="filepath", interactive=False,
                                     elem_id="view")
-                    heat = gr.Image(label="Heat map", type="filepath", interactive=False, elem_id="overlay")
-                answer = gr.Markdown(label="Summary", elem_id="summary")
+                    with gr.Column():
+                        heat = gr.Image(label="Heat map", type="filepath", interactive=False, elem_id="overlay")
+                        gr.HTML(LEGEND, elem_id="legend")
+                answer_text = gr.Markdown(label="Summary", elem_id="summary")
                 label = gr.Label(label="Confidence per class", num_top_classes=len(predictor.classes),
                                  elem_id="confidences")
+                plot = gr.Plot(label="Tumour probability per slice", elem_id="slice-plot", visible=False)
+                with gr.Row():
+                    report_button = gr.Button("Download report (PDF)", elem_id="report-button")
+                    report_file = gr.File(label="Report", interactive=False, elem_id="report", height=70)
         with gr.Accordion("Model card", open=False):
             gr.Markdown(card_markdown(predictor))
 
-        model_io = dict(fn=predict, inputs=[scan, frame, method, target, opacity, state],
-                        outputs=[label, heat, view, answer, state], preprocess=False,
+        inputs = [scan, frame, method, target, opacity, state]
+        model_io = dict(fn=predict, inputs=inputs, outputs=[label, heat, view, answer_text, state], preprocess=False,
                         concurrency_limit=1, concurrency_id="model")
         # preprocess=False: the handler gets the upload's FileData (Gradio has already checked that it lies in
         # the upload folder); gr.File(type="filepath").preprocess would leave an empty temp file per call.
-        scan.change(frame_slider, [scan], [frame], preprocess=False, api_visibility="private",
-                    show_progress="hidden").then(api_name="predict", **model_io)
+        scan.change(preview, [scan, state], [frame, view, scan_button, plot, state], preprocess=False,
+                    api_visibility="private", show_progress="hidden").then(api_name="predict", **model_io)
         gr.on([frame.release, method.input, target.input], api_visibility="private", **model_io)
+        scan_button.click(scan_all, [state], [plot, frame], api_visibility="private", concurrency_limit=1,
+                          concurrency_id="model").then(api_visibility="private", **model_io)
+        report_button.click(report, inputs, [report_file], preprocess=False, api_name="report",
+                            concurrency_limit=1, concurrency_id="model")
         opacity.change(reblend, [state, opacity], [heat], api_visibility="private", show_progress="hidden",
                        concurrency_limit=None)
     return demo
+
+
+def _fit(gray: np.ndarray, size: int = 512) -> np.ndarray:
+    """The decoded slice scaled to fit a size x size box (the preview, before the model's own view arrives)."""
+    h, w = gray.shape
+    scale = size / max(h, w)
+    if scale >= 1:
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
 
 
 def launch(demo: gr.Blocks, share: bool = False, port: Optional[int] = None, **kwargs):

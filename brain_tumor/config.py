@@ -18,6 +18,9 @@ CLASS_ALIASES: dict[str, str] = {
     "no": "notumor", "normal": "notumor", "healthy": "notumor",
     "yes": "tumor", "tumor": "tumor", "tumour": "tumor",
 }
+# What a person reads for each canonical class (the checkpoint's config carries its own: ModelConfig.display_names).
+DISPLAY_NAMES: dict[str, str] = {"glioma": "glioma", "meningioma": "meningioma", "notumor": "no tumour",
+                                 "pituitary": "pituitary tumour", "tumor": "tumour"}
 # Names that mean "no tumour" whatever the dataset calls it.
 NO_TUMOR_NAMES = frozenset(k for k, v in CLASS_ALIASES.items() if v == "notumor")
 
@@ -55,6 +58,11 @@ def canonical_class(name: str) -> str:
     """Map a folder name such as ``glioma_tumor`` or ``no`` to its canonical class (or itself)."""
     key = name.strip().lower()
     return CLASS_ALIASES.get(key, key)
+
+
+def display_name(name: str) -> str:
+    """The words shown for a class name: ``notumor`` -> ``no tumour``; unknown names as they are."""
+    return DISPLAY_NAMES.get(canonical_class(name), name)
 
 
 def is_no_tumor(name: str) -> bool:

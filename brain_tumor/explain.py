@@ -400,16 +400,25 @@ def recentre(maps: np.ndarray, stride: float) -> np.ndarray:
 _JET_RGB = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, :, ::-1].copy()
 
 
-def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend a [0, 1] heat map (JET colours) over a grayscale image: H x W x 3 uint8 RGB.
+HEAT_FLOOR = 0.2  # overlay: heat below this share of the slice's peak is left transparent, so the scan shows through
 
+
+def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45, floor: float = HEAT_FLOOR) -> np.ndarray:
+    """Blend a [0, 1] heat map (JET colours: blue low, red high) over a grayscale image: H x W x 3 uint8 RGB.
+
+    Heat below ``floor`` is transparent (the scan unchanged there) and fades in over the next 0.1, so faint,
+    diffuse heat does not paint the whole slice and its background blue; ``floor=0`` colours everything.
     The map is coloured at its own size (256 levels, straight into RGB order) and the colours are resized to
     the image, as a browser shows a small picture large: faster than colouring a 512 px map, and
     the same picture (mean difference 0.1 of 255 against colouring the resized map; up to 40 in the few pixels
     where the map crosses a corner of the JET scale within one of its own pixels)."""
-    colour = cv2.applyColorMap((np.clip(heat, 0, 1) * 255).astype(np.uint8), _JET_RGB)
+    heat = np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, 1)
+    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), _JET_RGB)
+    weight = np.clip((heat - floor) / 0.1, 0.0, 1.0) if floor > 0 else np.ones_like(heat)
     if colour.shape[:2] != gray.shape:
-        colour = cv2.resize(colour, (gray.shape[1], gray.shape[0]), interpolation=cv2.INTER_LINEAR)
-    alpha = float(np.clip(alpha, 0.0, 1.0))
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)  # uint8 arithmetic, saturating
+        size = (gray.shape[1], gray.shape[0])
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_LINEAR)
+        weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
+    weight = (weight * float(np.clip(alpha, 0.0, 1.0)))[..., None]
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
+    return np.clip(base + weight * (colour.astype(np.float32) - base) + 0.5, 0, 255).astype(np.uint8)

@@ -21,11 +21,10 @@ from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tens
 from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, layer_stride, recentre, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
+from .verdict import NEEDS_REVIEW, NOT_MRI, Verdict, decide  # noqa: F401  (NEEDS_REVIEW, NOT_MRI: public names)
 
-NEEDS_REVIEW = "uncertain — needs review"
 BF16_ANSWER_HELP = ("answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 1.8x faster over "
                     "a folder on the build machine, the same answers on the validation split; default: fp32)")
-NOT_MRI = "this does not look like a brain MRI slice — no diagnosis given"
 
 
 @dataclass
@@ -45,14 +44,23 @@ class Prediction:
     uncertainty: float = 0.0  # normalised entropy of the calibrated probabilities, 0 (sure) .. 1 (no idea)
     looks_like_mri: bool = True  # False: blank, or far from every training MRI in feature space
     extra: dict[str, Any] = field(default_factory=dict)
+    display_names: dict[str, str] = field(default_factory=dict)  # class -> words shown (the model's config)
+    abstain_below: float = 0.0  # the model's threshold behind ``needs_review``
+
+    def display(self, name: str) -> str:
+        return self.display_names.get(name, name)
+
+    @property
+    def decision(self) -> Verdict:
+        """The verdict (verdict.decide): not assessed, needs review, or answered, with its words."""
+        return decide(self.label, self.confidence, self.looks_like_mri, self.needs_review, self.abstain_below,
+                      self.display)
 
     @property
     def verdict(self) -> str:
         """The answer in words: a warning when the input does not look like a brain MRI, 'uncertain — needs
-        review' below the model's confidence threshold, else the label."""
-        if not self.looks_like_mri:
-            return NOT_MRI
-        return f"{NEEDS_REVIEW} (leans {self.label})" if self.needs_review else self.label
+        review' below the model's confidence threshold, else the class's display name."""
+        return self.decision.headline
 
     def heatmap_on_original(self) -> np.ndarray:
         """The heat map on the input's own H x W grid (zero outside the head crop)."""
@@ -64,8 +72,9 @@ class Prediction:
         out = {"label": self.label, "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
                "tumor_probability": round(self.tumor_probability, 6), "confidence": round(self.confidence, 6),
                "uncertainty": round(self.uncertainty, 6),
-               "needs_review": self.needs_review or not self.looks_like_mri,  # a withheld answer always needs review
-               "looks_like_mri": self.looks_like_mri}
+               "needs_review": self.decision.needs_review,  # a withheld answer always needs review
+               "looks_like_mri": self.looks_like_mri, "status": self.decision.status,
+               "verdict": self.decision.headline}
         out.update(self.extra)
         return out
 
@@ -81,7 +90,7 @@ class Predictor:
     KEEP_PASSES = 8  # single-slice forward passes kept for other classes' and methods' maps (_one_pass)
 
     def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None,
-                 precision: str = "auto", bf16_answer: bool = False):
+                 precision: str = "auto", bf16_answer: bool = False, device: str = "cpu"):
         """``precision`` of the heat maps' backward pass (explain.OnePass): ``auto`` (bf16 where the CPU computes
         it natively, else fp32), ``fp32`` or ``bf16``.
 
@@ -89,7 +98,10 @@ class Predictor:
         natively (ignored elsewhere, where it would be slower). On the build machine the forward pass is about
         1.3x faster at batch 1 and 1.8x at batch 32, with the same answer for every slice of the grouped
         validation split and calibrated probabilities within 0.01 of fp32's (benchmarks/inference_options.py).
-        Off by default: the published figures, calibration and thresholds are fp32's."""
+        Off by default: the published figures, calibration and thresholds are fp32's.
+
+        ``device``: ``cpu`` (default), ``cuda`` or ``auto`` (CUDA where torch sees a GPU). On a GPU the answer runs
+        there in fp32 (the published figures' precision) and heat maps come from pytorch-grad-cam's autograd path."""
         use_bf16(precision)  # validates
         self.precision = precision
         self.bf16_answer = bool(bf16_answer) and native_bf16()
@@ -97,7 +109,12 @@ class Predictor:
             torch.set_num_threads(threads)
         self.model = model if isinstance(model, TumorClassifier) else load_model(model)
         self.model.eval().requires_grad_(False)
-        self.model = self.model.to(memory_format=torch.channels_last)
+        from .distributed import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = self.model.to(self.device, memory_format=torch.channels_last)
+        if self.device.type != "cpu":
+            self.bf16_answer = False
         self.config = self.model.config
         self.classes = list(self.config.class_names)
         self._no_tumor = self.config.no_tumor_indices
@@ -139,17 +156,17 @@ class Predictor:
 
     def _autocast(self):
         """bfloat16 autocast for the answer's forward pass when ``bf16_answer`` asked for it, else a no-op."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_answer)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_answer and self.device.type == "cpu")
 
     def _answer(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probs = torch.softmax(logits.float() / self.config.temperature, 1).numpy()
+        probs = torch.softmax(logits.float().cpu() / self.config.temperature, 1).numpy()
         return probs, probs.argmax(1)
 
     def _looks_like_mri(self, features: torch.Tensor, grays: Sequence[np.ndarray]) -> np.ndarray:
         blank = np.array([looks_blank(g) for g in grays])
         if self.config.ood_threshold <= 0:
             return ~blank
-        return (self.model.ood_distance(features).numpy() <= self.config.ood_threshold) & ~blank
+        return (self.model.ood_distance(features).cpu().numpy() <= self.config.ood_threshold) & ~blank
 
     def predict(self, grays: Sequence[np.ndarray], heatmaps: bool = False, method: Optional[str] = None,
                 target: Optional[Union[str, int]] = None, batch_size: int = 32) -> list[Prediction]:
@@ -163,10 +180,10 @@ class Predictor:
         out: list[Prediction] = []
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start:start + batch_size]
-            x = to_tensor(np.stack([p[0] for p in chunk]), self.config.mean, self.config.std)
+            x = to_tensor(np.stack([p[0] for p in chunk]), self.config.mean, self.config.std).to(self.device)
             maps = None
             with self.lock:
-                if heatmaps and method in FAST_METHODS:
+                if heatmaps and method in FAST_METHODS and self.device.type == "cpu":
                     run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None, reuse)
                     logits, features = run.logits.detach(), run.features
                     probs, pred = self._answer(logits)
@@ -203,7 +220,8 @@ class Predictor:
             tumor_probability=min(max(p_tumor, 0.0), 1.0), confidence=confidence,
             uncertainty=min(max(entropy, 0.0), 1.0),
             needs_review=confidence < self.config.abstain_below, image=img, crop=crop,
-            heatmap=heat, heatmap_class=self.classes[heat_class] if heat is not None else None, method=method)
+            heatmap=heat, heatmap_class=self.classes[heat_class] if heat is not None else None, method=method,
+            display_names=dict(self.config.display_names), abstain_below=self.config.abstain_below)
 
     def _class_index(self, target: Union[str, int]) -> int:
         if isinstance(target, (int, np.integer)):

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, canonical_class
+from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, canonical_class, display_name
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -61,6 +61,14 @@ class ModelConfig:
     metrics: dict[str, Any] = field(default_factory=dict)  # published figures (grouped validation split)
     training: dict[str, Any] = field(default_factory=dict)  # how it was trained (command, time, hardware)
     version: str = "0"
+    display_names: dict[str, str] = field(default_factory=dict)  # class name -> words shown (default: config.DISPLAY_NAMES)
+
+    def __post_init__(self) -> None:
+        self.display_names = {c: str((self.display_names or {}).get(c) or display_name(c)) for c in self.class_names}
+
+    def display(self, name: str) -> str:
+        """The words shown for class ``name`` ("no tumour" for ``notumor``)."""
+        return self.display_names.get(name) or display_name(name)
 
     @property
     def no_tumor_indices(self) -> list[int]:
@@ -97,6 +105,9 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
+    shown = d.get("display_names", {})
+    if not isinstance(shown, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in shown.items()):
+        raise ModelLoadError(f"config.json display_names must map class names to words, got {str(shown)[:60]}")
 
 
 class TumorClassifier(nn.Module):

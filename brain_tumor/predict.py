@@ -1,46 +1,72 @@
-"""Command line: classify MRI slices (files or folders), optionally writing Grad-CAM heat maps.
+"""Command line: classify MRI slices and volumes (files or folders), optionally writing heat maps and PDF reports.
 
     python -m brain_tumor.predict examples/                       # a table
     python -m brain_tumor.predict scan.dcm img.png --json         # one JSON array on stdout
+    python -m brain_tumor.predict head.nii.gz --slices best       # the most suspicious axial slice of a volume
     python -m brain_tumor.predict examples/ --heatmaps maps/      # + maps/<relative path>.npy (H x W float32)
-    python -m brain_tumor.predict x.png --model user/brain-tumor@v1
+    python -m brain_tumor.predict x.png --report reports/         # + reports/x.pdf, a one-page report
+    python -m brain_tumor.predict x.png --model user/brain-tumor@v1 --device cuda
 
+A volume (NIfTI ``.nii``/``.nii.gz``, or a ``.zip`` of one DICOM series) yields one answer per axial slice,
+each with ``"slice": k`` (0-based, inferior to superior) beside its path.
 Exit status: 0 when every input was answered, 2 when any failed (each failure is reported in place).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
-from .data import ImageReadError, list_images
+from .data import ImageReadError, is_image_file, read_image
 from .explain import check_method
-from .inference import BF16_ANSWER_HELP, Predictor
+from .inference import BF16_ANSWER_HELP, Prediction, Predictor
 from .model import ModelLoadError
+from .verdict import DISCLAIMER
+from .volume import is_volume, read_volume
 
 
 def expand_inputs(items: Iterable[str]) -> list[tuple[str, Path, Path]]:
-    """Each PATH as (path as shown, file, path relative to where it was found) -- folders walked, sorted."""
+    """Each PATH as (path as shown, file, path relative to where it was found) -- folders walked, sorted; slices
+    (images, DICOM) and volumes (NIfTI, zipped DICOM series) alike."""
     out = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            for f in list_images(p):
+            found = sorted(f for f in p.rglob("*") if f.is_file() and (is_image_file(f) or is_volume(f))
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            for f in found:
                 out.append((str(f), f, f.relative_to(p)))
         else:
             out.append((item, p, Path(p.name)))
     return out
 
 
-def heatmap_path(root: Path, relative: Path) -> Path:
-    """Where a map goes: under root, never outside it (a hostile name such as ../x is flattened)."""
+def output_path(root: Path, relative: Path, suffix: str, slice_index: Optional[int] = None) -> Path:
+    """Where an input's map or report goes: under root, never outside it (a hostile name such as ../x is
+    flattened); a volume's slice k gets ``_slice<k>`` in its name."""
     parts = [part for part in relative.parts if part not in ("..", ".", "/", "")]
-    target = root.joinpath(*parts).with_suffix(".npy") if parts else root / "map.npy"
-    return target
+    if not parts:
+        parts = ["input"]
+    name = parts[-1]
+    for ext in (".nii.gz", ".nii", ".zip"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    else:
+        name = Path(name).stem if Path(name).suffix else name
+    if slice_index is not None:
+        name = f"{name}_slice{slice_index:03d}"
+    return root.joinpath(*parts[:-1], name + suffix)
+
+
+def heatmap_path(root: Path, relative: Path) -> Path:
+    """Where a slice's map goes (output_path with .npy)."""
+    return output_path(root, relative, ".npy")
 
 
 def _unused(target: Path, taken: set[Path]) -> Path:
@@ -59,78 +85,161 @@ def _printable(text: str, stream=None) -> str:
     return text.encode(encoding, "backslashreplace").decode(encoding)
 
 
+def most_suspicious(preds: list[Prediction]) -> int:
+    """The slice with the highest tumour probability among those that look like a brain MRI (all, if none do)."""
+    candidates = [i for i, p in enumerate(preds) if p.looks_like_mri] or list(range(len(preds)))
+    return max(candidates, key=lambda i: preds[i].tumor_probability)
+
+
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.predict",
-                                     description="Classify brain MRI slices (JPEG, PNG, BMP, TIFF, WebP, DICOM).")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image/DICOM files or folders (walked recursively)")
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Classify brain MRI slices (JPEG, PNG, BMP, TIFF, WebP, DICOM) and "
+                                                 "volumes (NIfTI .nii/.nii.gz, a .zip of one DICOM series).")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked recursively)")
     parser.add_argument("--model", default=None, help="model folder or Hub id user/name[@rev] (default: bundled)")
     parser.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
-    parser.add_argument("--heatmaps", metavar="DIR", help="write each input's heat map as DIR/<relative path>.npy")
+    parser.add_argument("--heatmaps", metavar="DIR", help="write each answer's heat map as DIR/<relative path>.npy")
+    parser.add_argument("--report", metavar="DIR", help="write each answer's one-page PDF report as DIR/<relative path>.pdf")
+    parser.add_argument("--slices", choices=("all", "best"), default="all",
+                        help="for volumes: every axial slice, or only the most suspicious one")
     parser.add_argument("--method", default=None,
                         help="heat-map method (gradcam, gradcam++, eigencam, ...; default: the model's own choice)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="where the model runs (auto: a GPU when torch sees one)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--bf16", action="store_true", help=BF16_ANSWER_HELP)
     args = parser.parse_args(None if argv is None else list(argv))
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     try:
         method = check_method(args.method) if args.method else None
-        predictor = Predictor(args.model, threads=args.threads or None, bf16_answer=args.bf16)
+        predictor = Predictor(args.model, threads=args.threads or None, bf16_answer=args.bf16, device=args.device)
     except (ModelLoadError, ValueError) as e:
         print(_printable(f"error: {e}", sys.stderr), file=sys.stderr)
         return 2
 
     inputs = expand_inputs(args.paths)
     if not inputs:
-        print("error: no image files found under the given paths", file=sys.stderr)
+        print("error: no image or volume files found under the given paths", file=sys.stderr)
         return 2
-    heat_root = Path(args.heatmaps) if args.heatmaps else None
-    results = predictor.predict_files([f for _, f, _ in inputs], heatmaps=heat_root is not None, method=method,
-                                      batch_size=args.batch_size)
-    records, failed, taken = [], 0, set()
-    for (shown, _, relative), result in zip(inputs, results):
-        if isinstance(result, ImageReadError):
-            records.append({"path": shown, "error": str(result)})
-            failed += 1
-            continue
-        record = {"path": shown, **result.to_json()}
-        if heat_root is not None:
-            target = _unused(heatmap_path(heat_root, relative), taken)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                np.save(target, result.heatmap_on_original().astype(np.float32))
-                record["heatmap"] = str(target)
-            except OSError as e:
-                record["heatmap_error"] = f"could not write {target}: {e.strerror or e}"
-                failed += 1
-        records.append(record)
+    run = _Run(predictor, args, method)
+    pending: list[tuple[str, Path, Path]] = []
+    for item in inputs:
+        if is_volume(item[1]):
+            run.slices(pending)
+            pending = []
+            run.volume(*item)
+        else:
+            pending.append(item)
+    run.slices(pending)
 
     try:
         if args.json:
-            json.dump(records, sys.stdout, indent=1)
+            json.dump(run.records, sys.stdout, indent=1)
             print()
         else:
-            print(_printable(format_table(records, predictor)))
+            print(_printable(format_table(run.records, predictor)))
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: the reader has gone; say nothing more, as other Unix tools do
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 2 if failed else 0
+    return 2 if run.failed else 0
+
+
+class _Run:
+    """One CLI run: answers in input order, with their maps and reports written as they come."""
+
+    def __init__(self, predictor: Predictor, args, method: Optional[str]):
+        self.predictor, self.method = predictor, method
+        self.heat_root = Path(args.heatmaps) if args.heatmaps else None
+        self.report_root = Path(args.report) if args.report else None
+        self.best_only = args.slices == "best"
+        self.batch_size = args.batch_size
+        self.maps = self.heat_root is not None or self.report_root is not None
+        self.records: list[dict] = []
+        self.failed = 0
+        self.taken: set[Path] = set()
+
+    def slices(self, items: list[tuple[str, Path, Path]]) -> None:
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            grays: list = []
+            for _, path, _ in chunk:
+                try:
+                    grays.append(read_image(path))
+                except ImageReadError as e:
+                    grays.append(e)
+            readable = [g for g in grays if not isinstance(g, ImageReadError)]
+            preds = iter(self.predictor.predict(readable, heatmaps=self.maps, method=self.method,
+                                                batch_size=self.batch_size))
+            for (shown, _, relative), gray in zip(chunk, grays):
+                if isinstance(gray, ImageReadError):
+                    self.records.append({"path": shown, "error": str(gray)})
+                    self.failed += 1
+                else:
+                    self.finish(shown, relative, gray, next(preds))
+
+    def volume(self, shown: str, path: Path, relative: Path) -> None:
+        try:
+            vol = read_volume(path)
+        except ImageReadError as e:
+            self.records.append({"path": shown, "error": str(e)})
+            self.failed += 1
+            return
+        slices = list(vol.slices)
+        if self.best_only:
+            preds = self.predictor.predict(slices, batch_size=self.batch_size)
+            k = most_suspicious(preds)
+            chosen = [(k, self.predictor.predict([slices[k]], heatmaps=True, method=self.method)[0]
+                       if self.maps else preds[k])]
+        else:
+            chosen = list(enumerate(self.predictor.predict(slices, heatmaps=self.maps, method=self.method,
+                                                           batch_size=self.batch_size)))
+        for k, pred in chosen:
+            extra = {"slices": len(slices)} | ({"notes": vol.notes} if vol.notes else {})
+            self.finish(shown, relative, slices[k], pred, slice_index=k, extra=extra)
+
+    def finish(self, shown: str, relative: Path, gray: np.ndarray, pred: Prediction,
+               slice_index: Optional[int] = None, extra: Optional[dict] = None) -> None:
+        record = {"path": shown} | ({"slice": slice_index} if slice_index is not None else {}) | pred.to_json()
+        record |= extra or {}
+        if self.heat_root is not None:
+            target = _unused(output_path(self.heat_root, relative, ".npy", slice_index), self.taken)
+            self._write(record, "heatmap", target, lambda: np.save(target, pred.heatmap_on_original().astype(np.float32)))
+        if self.report_root is not None:
+            from .report import write_report
+
+            target = _unused(output_path(self.report_root, relative, ".pdf", slice_index), self.taken)
+            view = self.predictor.view(gray, pred.crop)
+            self._write(record, "report", target, lambda: write_report(
+                pred, view, target, file_name=str(relative), model=self.predictor.source,
+                version=self.predictor.config.version, slice_index=slice_index))
+        self.records.append(record)
+
+    def _write(self, record: dict, key: str, target: Path, write) -> None:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write()
+            record[key] = str(target)
+        except OSError as e:
+            record[f"{key}_error"] = f"could not write {target}: {e.strerror or e}"
+            self.failed += 1
 
 
 def format_table(records: list[dict], predictor: Predictor) -> str:
     width = max([len(r["path"]) for r in records] + [4])
     width = min(width, 60)
+    answer = min(max([len(r.get("verdict", "")) for r in records] + [6]), 64)
     lines = [f"model: {predictor.source}",
-             f"{'path':<{width}}  {'answer':<40}  {'conf':>5}  {'P(tumour)':>9}"]
+             f"{'path':<{width}}  {'answer':<{answer}}  {'conf':>5}  {'P(tumour)':>9}"]
     for r in records:
         path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
         if "error" in r:
             lines.append(f"{path:<{width}}  error: {r['error']}")
             continue
-        answer = ("NOT A BRAIN MRI? no diagnosis" if not r.get("looks_like_mri", True) else
-                  f"uncertain - needs review (leans {r['label']})" if r.get("needs_review") else r["label"])
-        lines.append(f"{path:<{width}}  {answer:<40}  {r['confidence']:>5.2f}  {r['tumor_probability']:>9.3f}")
-    lines.append("Research demo, not a diagnostic device.")
+        lines.append(f"{path:<{width}}  {r['verdict']:<{answer}}  {r['confidence']:>5.2f}  {r['tumor_probability']:>9.3f}")
+    lines.append(DISCLAIMER)
     return "\n".join(lines)
 
 

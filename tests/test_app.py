@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+from gradio_client import handle_file
 import numpy as np
 import pytest
 from PIL import Image
@@ -124,7 +125,7 @@ def test_labels_and_card_come_from_the_model_config(app, tmp_path):
 
 def test_summary_says_uncertain_and_not_mri_in_words(app):
     pred = app.predictor.predict([read_image(EXAMPLES[0])], heatmaps=True)[0]
-    assert f"**Answer: {pred.label}**" in app.summary(pred, app.predictor)
+    assert f"**Answer: {pred.display(pred.label)}**" in app.summary(pred, app.predictor)
     pred.needs_review = True
     assert "uncertain — needs review" in app.summary(pred, app.predictor)
     pred.looks_like_mri = False
@@ -140,11 +141,12 @@ def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
     cli = {Path(r["path"]).name: r for r in json.loads(out.stdout)}
     for path in EXAMPLES:
         label, overlay_png, view_png, summary = ask(client, path)
-        assert label["label"] == cli[path.name]["label"], path.name
+        shown = app.predictor.config.display  # the app names classes by their display names ("no tumour")
+        assert label["label"] == shown(cli[path.name]["label"]), path.name
         got = confidences(label)
-        assert got.keys() == cli[path.name]["probabilities"].keys()
+        assert got.keys() == {shown(c) for c in cli[path.name]["probabilities"]}
         for c, p in cli[path.name]["probabilities"].items():
-            assert got[c] == pytest.approx(p, abs=1e-5), (path.name, c)
+            assert got[shown(c)] == pytest.approx(p, abs=1e-5), (path.name, c)
         overlay = np.asarray(Image.open(overlay_png))
         view = np.asarray(Image.open(view_png))
         assert overlay.shape == (512, 512, 3) and overlay.dtype == np.uint8
@@ -371,3 +373,46 @@ def test_a_withheld_answer_shows_no_class(app, monkeypatch):
     fn = next(d.fn for d in demo.fns.values() if d.api_name == "predict")
     label, *_ = fn({"path": str(EXAMPLES[0])})
     assert label == app.NOT_ASSESSED and label not in app.predictor.classes
+
+
+def test_report_endpoint_returns_a_one_page_pdf_without_patient_fields(client, tmp_path):
+    from pypdf import PdfReader
+
+    dicom = write_dicom(tmp_path / "case.dcm", [read_image(EXAMPLES[0])])
+    label, *_ = ask(client, dicom)
+    pdf = client.predict(handle_file(str(dicom)), api_name="/report")
+    reader = PdfReader(pdf)
+    text = reader.pages[0].extract_text()
+    assert len(reader.pages) == 1 and Path(pdf).name == "report-case.pdf"
+    assert "case.dcm" in text and "not a diagnostic device" in text and "SECRET" not in text
+    assert label["label"] in text  # the answer the app showed, in the same words
+
+
+def test_a_volume_is_answered_slice_by_slice_and_scanned_whole(app, client, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    grays = [read_image(p) for p in EXAMPLES[:5]]
+    side = min(min(g.shape) for g in grays)
+    # RAS voxels whose radiological axial slices are the examples (cropped to one size)
+    vol = np.stack([g[:side, :side][::-1, ::-1].T for g in grays], -1).astype(np.float32)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    label, _, _, text = ask(client, path, frame=3)
+    assert "Slice 3 of 5" in text and label["label"]
+
+    demo = app.build_demo(app.predictor)
+    fns = {d.fn.__name__: d.fn for d in demo.fns.values()}
+    upload = Path(app.TEMP_DIR, "volume-test", "head.nii.gz")
+    upload.parent.mkdir()
+    upload.write_bytes(path.read_bytes())
+    slider, _, button, plot, state = fns["preview"]({"path": str(upload)}, None)
+    assert slider["visible"] and slider["maximum"] == 4 and button["visible"] and plot["visible"]
+    assert not upload.exists()
+
+    class Progress:  # gr.Progress outside a request: pass the iterable through
+        def tqdm(self, it, **_):
+            return it
+
+    fig, moved = fns["scan_all"](state, progress=Progress())
+    expected = [p.tumor_probability for p in app.predictor.predict(list(state["volume"]))]
+    assert moved["value"] == int(np.argmax(expected))
+    assert len(fig.axes[0].lines[0].get_ydata()) == 5

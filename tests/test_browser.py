@@ -70,7 +70,7 @@ def test_upload_shows_label_and_heat_map(served, page, tmp_path):
     overlay = page.locator("#overlay img")
     expect(overlay).to_be_visible()
     expect(page.locator("#view img")).to_be_visible()
-    expect(page.locator("#confidences")).to_contain_text(expected.label)
+    expect(page.locator("#confidences")).to_contain_text(predictor.config.display(expected.label))
     expect(page.locator("#summary")).to_contain_text("probability of a tumour")
     width = overlay.evaluate("img => img.complete ? img.naturalWidth : 0")
     assert width == 512
@@ -107,3 +107,35 @@ def _save_small(shot: Path, target: Path) -> None:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.open(shot).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+
+
+def test_volume_scan_all_slices_and_report(served, page, tmp_path):
+    """A NIfTI volume: the slice slider appears, 'Scan all slices' plots every slice and jumps to the most
+    suspicious one, and 'Download report' gives a PDF link."""
+    import numpy as np
+    from playwright.sync_api import expect
+
+    nib = pytest.importorskip("nibabel")
+    grays = [read_image(p) for p in sorted((ROOT / "examples").glob("*.jpg"))[:4]]
+    side = min(min(g.shape) for g in grays)
+    vol = np.stack([g[:side, :side][::-1, ::-1].T for g in grays], -1).astype(np.float32)
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+    url, predictor, _ = served
+    page.goto(url)
+    page.locator("#scan input[type=file]").set_input_files(str(path))
+    expect(page.locator("#slice")).to_be_visible()
+    expect(page.locator("#summary")).to_contain_text("of 4 (0 = most inferior)")
+    page.locator("#scan-all").click()
+    expect(page.locator("#slice-plot")).to_be_visible()
+    best = int(np.argmax([p.tumor_probability for p in predictor.predict([s for s in read_volume_slices(path)])]))
+    expect(page.locator("#summary")).to_contain_text(f"Slice {best} of 4")
+    page.locator("#report-button").click()
+    expect(page.locator("#report")).to_contain_text("report-head.nii")  # Gradio shows the name and ".pdf" apart
+    expect(page.locator("#report")).to_contain_text(".pdf")
+
+
+def read_volume_slices(path):
+    from brain_tumor.volume import read_volume
+
+    return read_volume(path).slices

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brain_tumor.data import to_tensor
-from brain_tumor.explain import OnePass, compute_with_library, layer_stride, overlay, recentre, upsample
+from brain_tumor.explain import HEAT_FLOOR, OnePass, compute_with_library, layer_stride, overlay, recentre, upsample
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model
 from conftest import CLASSES, synthetic_slice
@@ -307,5 +307,20 @@ def test_overlay_blends_within_range():
     assert out.shape == (20, 30, 3) and (out == 100).all()
     assert overlay(gray, np.ones((20, 30), np.float32), 1.0)[..., 0].max() > 100
     # JET in RGB order: no heat is blue, full heat is red, whatever the map's size
-    cold, hot = overlay(gray, heat, 1.0)[0, 0], overlay(gray, np.ones((10, 15), np.float32), 1.0)[0, 0]
+    cold, hot = overlay(gray, heat, 1.0, floor=0)[0, 0], overlay(gray, np.ones((10, 15), np.float32), 1.0)[0, 0]
     assert cold[2] > 100 and cold[0] == 0 and hot[0] > 100 and hot[2] == 0
+
+
+def test_overlay_leaves_low_heat_transparent():
+    """Below the documented floor the scan shows through unchanged; above it, colour fades in."""
+    gray = np.tile(np.arange(0, 200, 10, dtype=np.uint8), (20, 1))
+    heat = np.zeros((20, 20), np.float32)
+    heat[:, 10:] = np.linspace(0.35, 1.0, 10)  # the right half hot
+    heat[:, :10] = HEAT_FLOOR * 0.9  # the left half faint: below the floor
+    out = overlay(gray, heat, 1.0)
+    assert (out[:, :10] == gray[:, :10, None]).all()
+    assert (out[:, 10:, 0] != gray[:, 10:]).any()
+    half = overlay(gray, np.full((20, 20), HEAT_FLOOR + 0.05, np.float32), 1.0).astype(int)
+    full = overlay(gray, np.full((20, 20), HEAT_FLOOR + 0.05, np.float32), 1.0, floor=0).astype(int)
+    # halfway up the ramp: half the blend
+    assert np.abs((half - gray[..., None]) * 2 - (full - gray[..., None])).max() <= 2

@@ -129,11 +129,19 @@ def jpeg_dicom(img: np.ndarray) -> bytes:
 
 
 def jpeg_ls_dicom(img: np.ndarray) -> bytes:
-    """JPEG-LS: no decoder here unless pylibjpeg-libjpeg or pyjpegls is installed."""
+    """JPEG-LS whose stream is broken (pylibjpeg-libjpeg decodes real JPEG-LS: tests/test_volume.py)."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEGLSLossless
 
     return dicom(img, syntax=JPEGLSLossless, pixel_data=encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 64 + b"\xff\xd9"]))
+
+
+def mpeg2_dicom(img: np.ndarray) -> bytes:
+    """MPEG-2 video: a transfer syntax no installed decoder handles."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import MPEG2MPML
+
+    return dicom(img, syntax=MPEG2MPML, pixel_data=encapsulate([b"\x00\x00\x01\xb3" + b"\x00" * 64]))
 
 
 def first_frame_gif() -> bytes:
@@ -212,7 +220,8 @@ BAD = {
     "needle": ("needle.png", lambda: png(np.zeros((2, 20000), np.uint8)), "too large"),  # padded square: 400 MP
     "dicom_report": ("report.dcm", lambda: dicom(None), "no pixel data"),
     "dicom_truncated": ("cut.dcm", lambda: dicom(np.zeros((64, 64), np.uint16) + 7)[:2000], "truncated"),
-    "dicom_jpeg_ls": ("jls.dcm", lambda: jpeg_ls_dicom(slice_()), "JPEG-LS"),
+    "dicom_jpeg_ls_broken": ("jls.dcm", lambda: jpeg_ls_dicom(slice_()), "corrupt"),
+    "dicom_mpeg2": ("mpeg2.dcm", lambda: mpeg2_dicom(slice_()), "MPEG2"),
 }
 
 # Good inputs: (file name, builder, expected H x W).
@@ -421,14 +430,14 @@ def test_dicom_jpeg_baseline_decodes():
 
 def test_dicom_unsupported_syntax_names_it():
     with pytest.raises(ImageReadError) as info:
-        read_image(jpeg_ls_dicom(slice_()))
-    assert "not supported" in str(info.value) and "JPEG-LS Lossless" in str(info.value)
+        read_image(mpeg2_dicom(slice_()))
+    assert "not supported" in str(info.value) and "MPEG2" in str(info.value)
     assert_short_message(str(info.value))
 
 
 def test_dicom_errors_never_show_patient_fields(caplog):
     cases = [dicom(None), dicom(slice_())[:1500], dicom(slice_())[:-100], jpeg_ls_dicom(slice_()),
-             dicom(slice_(), window=(40, 80)).replace(b"40", b"xy"), dicom(slice_()).replace(b"19010203", b"1901BAD3")]
+             mpeg2_dicom(slice_()), dicom(slice_(), window=(40, 80)).replace(b"40", b"xy"), dicom(slice_()).replace(b"19010203", b"1901BAD3")]
     caplog.set_level("DEBUG")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
