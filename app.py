@@ -56,7 +56,8 @@ DELETE_CACHE = (300, 600)  # every 5 minutes, delete output images older than 10
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the brain MRI tumour classifier as a Gradio app.")
+    parser = argparse.ArgumentParser(description="Serve the brain MRI tumour classifier as a Gradio app.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None,
                         help="model folder or Hub id user/name[@revision] (default: $BRAIN_TUMOR_MODEL, else model/)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs a network)")

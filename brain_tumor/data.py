@@ -662,13 +662,20 @@ def describe(root: PathLike, dup_threshold: float = 0.95) -> str:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m brain_tumor.data", description=__doc__.split("\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]:  # python -m brain_tumor.data download NAME DIR
+        from .download import main as download_main
+        return download_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.data", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     epilog="python -m brain_tumor.data download NAME DIR fetches a public data set "
+                                            "(see: python -m brain_tumor.data download --help)")
     parser.add_argument("data", help="dataset root: class folders, or Training/ and Testing/")
     parser.add_argument("--dup-threshold", type=float, default=0.95)
     parser.add_argument("--show-augmentations", metavar="FILE", help="save a grid of FILE and its training augmentations")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--out", default="augmentations.png", help="where --show-augmentations writes its grid")
-    args = parser.parse_args(None if argv is None else list(argv))
+    args = parser.parse_args(argv)
     try:
         if args.show_augmentations:
             from .augment import save_augmentation_grid

@@ -299,7 +299,8 @@ def write_report(result: dict[str, Any], out: Path, predictor: Predictor, worst:
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m brain_tumor.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.evaluate", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", required=True, action="append", metavar="DIR",
                         help="labelled root (repeat for several): class folders (model classes, or yes/no), "
                              "Training/, or sequence folders of class folders (flair/glioma/...)")
@@ -309,11 +310,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--report", metavar="DIR", help="also write plots and a grid of the worst mistakes")
     parser.add_argument("--no-heatmaps", action="store_true", help="skip heat maps (faster; no heat-map figures)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                        help="where the model runs (auto: a GPU when torch sees one)")
     parser.add_argument("--bf16", action="store_true", help=BF16_ANSWER_HELP)
     args = parser.parse_args(None if argv is None else list(argv))
     try:
-        predictor = Predictor(args.model, bf16_answer=args.bf16)
+        predictor = Predictor(args.model, bf16_answer=args.bf16, device=args.device)
         result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size,
                           split=args.split)
     except (ModelLoadError, ValueError) as e:

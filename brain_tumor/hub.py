@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m brain_tumor.hub", description="Upload a model folder to the Hub.")
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.hub", description="Upload a model folder to the Hub.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("repo_id", help="user/name")
     parser.add_argument("--private", action="store_true")

@@ -252,7 +252,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .hub import write_model_card
     from .model import load_model, save_model
 
-    parser = argparse.ArgumentParser(prog="python -m brain_tumor.trust", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.trust", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", help="model folder written by train.py (with split.json)")
     parser.add_argument("--data", action="append", default=[], metavar="[SOURCE=]DIR",
                         help="where a source of split.json lies, if not where it was trained (repeatable); "
