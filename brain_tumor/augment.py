@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -266,3 +266,34 @@ def save_augmentation_grid(path: str, out: str, size: int = 224, n: int = 15, se
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def strip_view(x01: torch.Tensor) -> torch.Tensor:
+    """Every slice skull-stripped (the view of BraTS-style inputs), for fitting and checking the MRI detector."""
+    return skull_strip(x01, torch.ones(len(x01), dtype=torch.bool))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """python -m brain_tumor.augment FILE [--out grid.png]: a slice and 15 of its training augmentations."""
+    import argparse
+    import sys
+
+    from .data import ImageReadError
+
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.augment", description=main.__doc__.split(": ")[1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("file", help="an image or DICOM slice")
+    parser.add_argument("--out", default="augmentations.png", help="where the grid is written")
+    parser.add_argument("--img-size", type=int, default=224, help="the prepared square's side")
+    args = parser.parse_args(argv)
+    try:
+        save_augmentation_grid(args.file, args.out, args.img_size)
+    except (ImageReadError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

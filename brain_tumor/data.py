@@ -11,7 +11,7 @@ slice re-saved, neighbouring slices of one patient), so a per-image random split
 accuracy. ``near_duplicate_groups`` + ``grouped_split`` keep every group on one side.
 
     python -m brain_tumor.data DIR                       # counts, sizes, modes, shortcut flags, duplicates
-    python -m brain_tumor.data DIR --show-augmentations FILE --out grid.png
+    python -m brain_tumor.data download NAME DIR         # fetch a public data set (brain_tumor.download)
 """
 from __future__ import annotations
 
@@ -406,6 +406,16 @@ def uncrop(heat: np.ndarray, crop: Crop) -> np.ndarray:
     return out
 
 
+def normalise(x01, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """N x 1 x S x S (or N x 3) float tensor in [0, 1] -> N x 3 x S x S normalised by mean/std, channels-last: the
+    network's input. The last step of the one preprocessing path (to_tensor), and of training's augmented batches."""
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32, device=x01.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x01.device).view(1, 3, 1, 1)
+    return ((x01.expand(-1, 3, -1, -1) - m) / s).contiguous(memory_format=torch.channels_last)
+
+
 def to_tensor(batch: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     """N x S x S uint8 (or S x S) -> N x 3 x S x S float tensor, normalised, channels-last."""
     import torch
@@ -413,10 +423,7 @@ def to_tensor(batch: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Seq
     arr = np.asarray(batch)
     if arr.ndim == 2:
         arr = arr[None]
-    x = torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0).unsqueeze(1).expand(-1, 3, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+    return normalise(torch.from_numpy(np.ascontiguousarray(arr)).float().div_(255.0).unsqueeze(1), mean, std)
 
 
 # ------------------------------------------------------------------------------------------ dataset layouts
@@ -672,16 +679,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                                             "(see: python -m brain_tumor.data download --help)")
     parser.add_argument("data", help="dataset root: class folders, or Training/ and Testing/")
     parser.add_argument("--dup-threshold", type=float, default=0.95)
-    parser.add_argument("--show-augmentations", metavar="FILE", help="save a grid of FILE and its training augmentations")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--out", default="augmentations.png", help="where --show-augmentations writes its grid")
     args = parser.parse_args(argv)
     try:
-        if args.show_augmentations:
-            from .augment import save_augmentation_grid
-            save_augmentation_grid(args.show_augmentations, args.out, args.img_size)
-            print(f"wrote {args.out}")
-            return 0
         print(describe(args.data, args.dup_threshold))
     except (ValueError, ImageReadError) as e:
         print(f"error: {e}", file=sys.stderr)

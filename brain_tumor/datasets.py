@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .config import CLASS_ALIASES, canonical_class
+from .metrics import box_mask
 from .data import (ImageReadError, _SPLIT_NAMES, apply_crop, connected_components, find_splits, grouped_split,
                    list_images, near_duplicate_groups, prepare, read_image, thumbnail)
 
@@ -262,7 +263,6 @@ def read_split(folder: str, roots: Optional[dict[str, str]] = None) -> tuple[Col
 def read_mask(path: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
     """A tumour mask (H x W bool) from a mask image or a YOLO box file; None if unreadable or of another size."""
     if path.suffix.lower() == ".txt":
-        from .evaluate import box_mask, read_yolo_box
         box = read_yolo_box(path)
         return box_mask(shape, box) if box is not None else None
     try:
@@ -296,3 +296,13 @@ def load(col: Collection, size: int, progress: bool = True
             if m is not None:
                 masks[i] = apply_crop(m.astype(np.uint8) * 255, crop, size) > 127
     return images, thumbs, masks, errors
+
+
+def read_yolo_box(path: Path) -> Optional[tuple[float, float, float, float]]:
+    """(x_center, y_center, width, height) as fractions, from a YOLO line ``class xc yc w h``; None if absent/bad."""
+    try:
+        parts = path.read_text().split()
+        xc, yc, w, h = (float(v) for v in parts[1:5])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (xc, yc, w, h) if w > 0 and h > 0 else None

@@ -24,23 +24,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import augment, skull_strip
+from .augment import augment, strip_view  # noqa: F401  (strip_view: public here too)
 from .config import TrainConfig, use_bf16
+from .data import normalise
 from .distributed import World, setup, teardown
 from . import datasets
-from .metrics import MIN_SUPPORT, classification_report, format_group_table, group_reports, selection_score
+from .metrics import MIN_SUPPORT, format_group_table, group_reports, selection_score
 from .model import TumorClassifier, create_model, save_model
-from .trust import record_calibration
+from .trust import (evaluate_logits, extract, fit_temperature, predict_logits,  # noqa: F401  (public here too)
+                    record_calibration, sequence_proxy)
 
 STATE_NAME = "train_state.pt"
 RESUME_KEYS = ("data", "img_size", "init", "seed", "output_stride")  # a saved state resumes only the same run
-
-
-def _normalise(x01: torch.Tensor, model: TumorClassifier) -> torch.Tensor:
-    """N x 1 x S x S in [0, 1] -> normalised N x 3 x S x S channels-last (the same maths as data.to_tensor)."""
-    mean = torch.tensor(model.config.mean, device=x01.device).view(1, 3, 1, 1)
-    std = torch.tensor(model.config.std, device=x01.device).view(1, 3, 1, 1)
-    return ((x01.expand(-1, 3, -1, -1) - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
 def forward_precision(precision: str, device: Optional[torch.device] = None) -> str:
@@ -127,7 +122,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         x, y = x[mine].to(world.device, non_blocking=True), y[mine].to(world.device, non_blocking=True)
         m = m[mine].to(world.device, non_blocking=True) if m is not None else None
         with torch.autocast(world.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            logits, _, maps = net(_normalise(x, model), with_maps=True)
+            logits, _, maps = net(normalise(x, model.config.mean, model.config.std), with_maps=True)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loc = localisation_loss(model, maps, y, m, x, cfg) if m is not None else loss.new_zeros(())
         optimizer.zero_grad(set_to_none=True)
@@ -158,7 +153,7 @@ def cam_pointing(model: TumorClassifier, images: torch.Tensor, labels: torch.Ten
     hits, shares = [], []
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].float().div(255).unsqueeze(1)
-        _, _, maps = model.forward_with_maps(_normalise(x.to(device), model))
+        _, _, maps = model.forward_with_maps(normalise(x.to(device), model.config.mean, model.config.std))
         cam = model.class_activation(maps, labels[start:start + batch_size].to(device)).float().cpu()
         cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
         m = masks[start:start + batch_size].flatten(1).bool()
@@ -186,62 +181,6 @@ def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, g
                 by_group[name]["heat_in_mask"] = float(shares[g == name].mean())
     return {"loss": F.cross_entropy(logits, y_val).item(), "pooled": pooled, "groups": by_group,
             "score": selection_score(by_group)}
-
-
-@torch.inference_mode()
-def extract(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
-            transform=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled features for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
-    model.eval()
-    device = next(model.parameters()).device
-    logits = [torch.zeros(0, len(model.config.class_names))]
-    features = [torch.zeros(0, 512)]
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
-        if transform is not None:
-            x = transform(x)
-        lo, f = model.forward_with_features(_normalise(x.to(device), model))
-        logits.append(lo.float().cpu())
-        features.append(f.float().cpu())
-    return torch.cat(logits), torch.cat(features)
-
-
-def predict_logits(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
-                   transform=None) -> torch.Tensor:
-    """Logits for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
-    return extract(model, images, batch_size, transform)[0]
-
-
-def sequence_proxy(x: torch.Tensor) -> torch.Tensor:
-    """A fixed 'other sequence' look for the shortcut proxy: invert tissue brightness inside the head,
-    keep the background black (roughly turns T1 contrast into T2-like contrast)."""
-    inside = (x > 0.06).float()
-    return inside * (1.05 - x).clamp(0, 1)
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature scaling: the T > 0 that minimises validation NLL of softmax(logits / T)."""
-    logits, labels = logits.detach().float().clone(), labels.detach().long().clone()
-    if len(labels) == 0:
-        return 1.0
-    log_t = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.exp().item())
-    return t if math.isfinite(t) and 0.05 < t < 20 else 1.0
-
-
-def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, model: TumorClassifier,
-                    temperature: float = 1.0) -> dict[str, Any]:
-    probs = torch.softmax(logits.float() / temperature, 1).numpy()
-    return classification_report(labels.numpy(), probs, model.config.class_names, model.config.no_tumor_indices)
 
 
 def _optimizer(model: TumorClassifier, cfg: TrainConfig):
@@ -298,11 +237,6 @@ def state_file(out: Path) -> Path:
     published; the state is 180 MB of optimizer moments)."""
     out = Path(out).resolve()
     return out.with_name(f"{out.name}.{STATE_NAME}")
-
-
-def strip_view(x01: torch.Tensor) -> torch.Tensor:
-    """Every slice skull-stripped (the view of BraTS-style inputs), for fitting and checking the MRI detector."""
-    return skull_strip(x01, torch.ones(len(x01), dtype=torch.bool))
 
 
 def _load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:

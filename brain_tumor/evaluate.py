@@ -25,37 +25,8 @@ from .inference import BF16_ANSWER_HELP, Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, format_group_table,
                       group_reports, reliability, risk_coverage, roc_curve, tumor_probability, tumor_scores)
 from .model import ModelLoadError
-
-
-def read_yolo_box(path: Path) -> Optional[tuple[float, float, float, float]]:
-    """(x_center, y_center, width, height) as fractions, from a YOLO line ``class xc yc w h``; None if absent/bad."""
-    try:
-        parts = path.read_text().split()
-        xc, yc, w, h = (float(v) for v in parts[1:5])
-    except (OSError, ValueError, IndexError):
-        return None
-    return (xc, yc, w, h) if w > 0 and h > 0 else None
-
-
-def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
-    h, w = shape
-    xc, yc, bw, bh = box
-    x0, x1 = int(np.floor((xc - bw / 2) * w)), int(np.ceil((xc + bw / 2) * w))
-    y0, y1 = int(np.floor((yc - bh / 2) * h)), int(np.ceil((yc + bh / 2) * h))
-    mask = np.zeros(shape, dtype=bool)
-    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    return mask
-
-
-def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
-    """Pointing game: does the heat map's peak fall inside the mask?"""
-    return bool(mask.flat[int(np.argmax(heat))])
-
-
-def heat_share(heat: np.ndarray, mask: np.ndarray) -> float:
-    """Share of the heat map's mass inside the mask (0 for an empty map)."""
-    total = float(heat.sum())
-    return float(heat[mask].sum() / total) if total > 0 else 0.0
+from .datasets import read_yolo_box  # noqa: F401  (public here too)
+from .metrics import box_mask, heat_share, pointing_hit  # noqa: F401  (public here too)
 
 
 def match_classes(folder: ImageFolder, model_classes: Sequence[str]) -> tuple[str, dict[int, int]]:

@@ -1,4 +1,5 @@
-"""Classification and calibration figures, computed with numpy from labels and probabilities."""
+"""Figures, computed with numpy: classification and calibration from labels and probabilities, per-group reports and
+the selection score, and heat maps against tumour boxes (pointing game, heat share)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -194,3 +195,26 @@ def format_group_table(reports: dict[str, dict[str, Any]], extra: Sequence[str] 
     for g, r in reports.items():
         lines.append(f"{g:<{width}}{r['n']:>6}" + "".join(f"{fmt(r.get(k)):>14}" for k in keys))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ heat maps vs boxes
+
+def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    h, w = shape
+    xc, yc, bw, bh = box
+    x0, x1 = int(np.floor((xc - bw / 2) * w)), int(np.ceil((xc + bw / 2) * w))
+    y0, y1 = int(np.floor((yc - bh / 2) * h)), int(np.ceil((yc + bh / 2) * h))
+    mask = np.zeros(shape, dtype=bool)
+    mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return mask
+
+
+def pointing_hit(heat: np.ndarray, mask: np.ndarray) -> bool:
+    """Pointing game: does the heat map's peak fall inside the mask?"""
+    return bool(mask.flat[int(np.argmax(heat))])
+
+
+def heat_share(heat: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the heat map's mass inside the mask (0 for an empty map)."""
+    total = float(heat.sum())
+    return float(heat[mask].sum() / total) if total > 0 else 0.0

@@ -23,15 +23,82 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import math
+
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from .data import normalise
+from .metrics import classification_report
+from .model import TumorClassifier
 
 OOD_QUANTILE = 0.995
 TARGET_ERROR = 0.01
 MIN_COVERAGE = 0.8
 BLANK_STD = 4.0  # an image with less spread than this (0..255) has nothing to read
 
+
+# ----------------------------------------------------------------------------- logits, features, temperature
+
+@torch.inference_mode()
+def extract(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
+            transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and pooled features for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits = [torch.zeros(0, len(model.config.class_names))]
+    features = [torch.zeros(0, 512)]
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
+        if transform is not None:
+            x = transform(x)
+        lo, f = model.forward_with_features(normalise(x.to(device), model.config.mean, model.config.std))
+        logits.append(lo.float().cpu())
+        features.append(f.float().cpu())
+    return torch.cat(logits), torch.cat(features)
+
+
+def predict_logits(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
+                   transform=None) -> torch.Tensor:
+    """Logits for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
+    return extract(model, images, batch_size, transform)[0]
+
+
+def sequence_proxy(x: torch.Tensor) -> torch.Tensor:
+    """A fixed 'other sequence' look for the shortcut proxy: invert tissue brightness inside the head,
+    keep the background black (roughly turns T1 contrast into T2-like contrast)."""
+    inside = (x > 0.06).float()
+    return inside * (1.05 - x).clamp(0, 1)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling: the T > 0 that minimises validation NLL of softmax(logits / T)."""
+    logits, labels = logits.detach().float().clone(), labels.detach().long().clone()
+    if len(labels) == 0:
+        return 1.0
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.exp().item())
+    return t if math.isfinite(t) and 0.05 < t < 20 else 1.0
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, model: TumorClassifier,
+                    temperature: float = 1.0) -> dict[str, Any]:
+    probs = torch.softmax(logits.float() / temperature, 1).numpy()
+    return classification_report(labels.numpy(), probs, model.config.class_names, model.config.no_tumor_indices)
+
+
+# ---------------------------------------------------------------------------- the MRI detector, abstention
 
 def fit_ood(features: torch.Tensor, labels: torch.Tensor, n_classes: int, shrinkage: float = 0.1
             ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +237,6 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
     training and validation slice to the detector's fit and threshold, so inputs of that kind pass as MRIs.
     ``val_groups`` (source/sequence per validation slice) gives the share flagged per group."""
     from .data import prepare
-    from .engine import extract, fit_temperature
     from .metrics import error_at_coverage, expected_calibration_error
 
     _, f_train = extract(model, x_train)
@@ -235,7 +301,6 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
 
 def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, val_groups=None) -> None:
     """calibrate(), then store its figures and the calibrated validation report in model.config.metrics."""
-    from .engine import evaluate_logits, extract
 
     figures = calibrate(model, x_train, y_train, x_val, y_val, extra_view=extra_view, val_groups=val_groups)
     val_logits, _ = extract(model, x_val)
@@ -248,7 +313,7 @@ def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, v
 
 def main(argv: Optional[list[str]] = None) -> int:
     from . import datasets
-    from .engine import strip_view
+    from .augment import strip_view
     from .hub import write_model_card
     from .model import load_model, save_model
 

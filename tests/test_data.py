@@ -128,9 +128,8 @@ def test_data_cli_reports_counts_and_duplicates(class_folders, capsys):
 
 
 def test_data_cli_writes_augmentation_grid(tmp_path, class_folders):
-    from brain_tumor.data import main
+    from brain_tumor.augment import main
 
     out = tmp_path / "grid.png"
-    assert main([str(class_folders), "--show-augmentations", str(class_folders / "glioma" / "glioma_0.png"),
-                 "--img-size", "64", "--out", str(out)]) == 0
+    assert main([str(class_folders / "glioma" / "glioma_0.png"), "--img-size", "64", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
