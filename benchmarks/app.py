@@ -10,7 +10,7 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
     download per output image), and by default each one loads the CA bundle again (~25 ms here, even for
     plain http); with a context made once, none does; five more default calls are traced to count those loads;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
-  - with --soak N: N requests in all, RSS after the first 50 and after N (issue 6: within 10%);
+  - with --soak N: N requests in all, RSS after the first 50 and after N (target: within 10%);
   - then, once the app has stopped, the same round trips, both clients, to benchmarks/null_app.py: the same
     /predict API served with no work at all (no decoding, model or rendering), the floor any server reaches
     through each client on this machine (--no-null-app skips it).
@@ -37,7 +37,7 @@ from benchmarks._server import APP, App, MemorySampler, make_client, predict
 
 NULL_APP = Path(__file__).with_name("null_app.py")
 
-SOAK_BASE = 50  # issue 6 compares RSS after this many requests with RSS after all of them
+SOAK_BASE = 50  # the soak check compares RSS after this many requests with RSS after all of them
 
 
 def time_peer(paths: list[Path], n: int, warmup: int = 2) -> dict:

@@ -6,7 +6,7 @@ tumour boxes, and heat inside the head on those and on other slices.
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
-inside the head (on the other slices when given: the border-shortcut check of issue 4), the highest pointing
+inside the head (on the other slices when given: the border-shortcut check), the highest pointing
 game + half the heat-in-box share.
 """
 from __future__ import annotations

@@ -194,11 +194,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         [f"    ref: bare forward pass, peer model @ {PEER_SIZE} px"] + [med(r, "peer_forward_only") for r in rounds.values()],
         [f"    ref: bare forward pass, our model @ {predictor.config.img_size} px"]
         + [med(r, "ours_forward_only") for r in rounds.values()],
-        ["(c)/(a)   issue 5: <= 0.35"]
+        ["(c)/(a)   target: <= 0.35"]
         + [f"{r['ratio_c_over_a']:.3f} {meets(r['ratio_c_over_a'], 0.35)}" for r in rounds.values()],
-        ["(c)/(b)   issue 5: <= 1.2"]
+        ["(c)/(b)   target: <= 1.2"]
         + [f"{r['ratio_c_over_b']:.3f} {meets(r['ratio_c_over_b'], 1.2)}" for r in rounds.values()],
-        ["(d)       issue 5: >= 15 img/s"]
+        ["(d)       target: >= 15 img/s"]
         + [meets(r["d_folder_images_per_second"], 15, at_most=False) for r in rounds.values()],
     ]
     print()
