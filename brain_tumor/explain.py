@@ -1,24 +1,21 @@
-"""Heat maps: Grad-CAM / Grad-CAM++ in one pass, other methods through pytorch-grad-cam, and overlays.
+"""Heat maps: Grad-CAM / Grad-CAM++ from the prediction's own forward pass, other methods through pytorch-grad-cam, overlays.
 
-The fast path runs ONE forward pass that gives both the prediction and the target layer's activations,
-then differentiates the class score with respect to those activations only: the backward pass covers
-the layers after the target layer (written out by hand for ResNet stages, OnePass), never the backbone's
-parameters. Grad-CAM and Grad-CAM++ for any class come from the same activations and gradients.
-pytorch-grad-cam (``compute_with_library``) is the reference; tests check the fast maps against it.
+The fast path (OnePass) runs ONE forward pass that gives both the prediction and the target layer's
+activations, then differentiates the class score with respect to those activations only (autograd, from the
+hooked layer onwards: the backbone's parameters are never part of the graph). At the last stage no backward
+pass is needed at all: the score is linear in layer4's activations. Grad-CAM and Grad-CAM++ for any class come
+from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the reference; tests
+check the fast maps against it.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from .config import use_bf16
-from .model import TumorClassifier
 
 FAST_METHODS = ("gradcam", "gradcam++")
 LIBRARY_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM",
@@ -67,8 +64,8 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
 def cam_from_grads(activations: torch.Tensor, grads: torch.Tensor, method: str) -> np.ndarray:
     """Grad-CAM or Grad-CAM++ maps (N x h x w, [0, 1]) from a layer's activations and score gradients."""
     if method == "gradcam":  # in numpy: a few small arrays, where torch's threaded kernels only add latency
-        acts = activations.detach().float().numpy()
-        weights = grads.detach().float().numpy().mean(axis=(2, 3))
+        acts = activations.detach().float().cpu().numpy()
+        weights = grads.detach().float().cpu().numpy().mean(axis=(2, 3))
         return _normalise(np.einsum("nk,nkhw->nhw", weights, acts, optimize=False))
     if method == "gradcam++":
         g2 = grads ** 2
@@ -79,7 +76,7 @@ def cam_from_grads(activations: torch.Tensor, grads: torch.Tensor, method: str) 
         weights = (grads.clamp(min=0) * aij).sum(dim=(2, 3))
     else:
         raise ValueError(f"the one-pass path computes {FAST_METHODS}, not {method!r}")
-    return _normalise((weights[:, :, None, None] * activations).sum(1).float().numpy())
+    return _normalise((weights[:, :, None, None] * activations).sum(1).float().cpu().numpy())
 
 
 def _linear_head(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[torch.nn.Linear]:
@@ -94,147 +91,35 @@ def _linear_head(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tor
     return head[-1]
 
 
-_STAGES = ("layer1", "layer2", "layer3", "layer4")
-_ADJOINTS: "weakref.WeakKeyDictionary[torch.nn.Module, _Adjoint]" = weakref.WeakKeyDictionary()
-
-
-def _later_blocks(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[list[BasicBlock]]:
-    """The residual blocks after ``layer`` when the forward and backward passes through them can be written by
-    hand: ``layer`` is a stage before the last of a torchvision ResNet of BasicBlocks (alone, or in a
-    TumorClassifier with its own forward) whose BatchNorms keep running statistics, and the head is avgpool ->
-    (Dropout) -> Linear. None otherwise (hooks and autograd then do it)."""
-    net = getattr(model, "net", model)
-    own_forward = getattr(type(model), "forward_with_features", None)
-    standard = type(net) is ResNet and (model is net or own_forward is TumorClassifier.forward_with_features)
-    stage = next((n for n in _STAGES[:-1] if getattr(net, n, None) is layer), None)
-    if not standard or stage is None or _linear_head(model, getattr(net, "layer4", None)) is None:
-        return None
-    blocks = [b for n in _STAGES[_STAGES.index(stage) + 1:] for b in getattr(net, n)]
-    for b in blocks:
-        if type(b) is not BasicBlock:
-            return None
-        pairs = [(b.conv1, b.bn1), (b.conv2, b.bn2)] + ([] if b.downsample is None else [tuple(b.downsample)])
-        for pair in pairs:
-            if len(pair) != 2 or type(pair[0]) is not torch.nn.Conv2d or pair[0].groups != 1 or \
-                    type(pair[1]) is not torch.nn.BatchNorm2d or pair[1].running_var is None:
-                return None
-    return blocks or None
-
-
-class _Adjoint:
-    """d/d(input) of one eval-mode conv -> BatchNorm pair: the conv's transposed convolution, with the BatchNorm's
-    scale folded into the weight (per output channel), in ``dtype``, channels-last.
-
-    The weight is also kept pre-packed in oneDNN's layout per input shape (the few most recent): at batch 1 the
-    plain ``conv_transpose2d`` re-lays the weight out on every call, which costs more than the arithmetic
-    (benchmarks/heatmap_cost.py: the whole bf16 backward pass 3.2 ms unpacked, 2.0 ms packed). Where that
-    private op is missing or fails, the plain call is used. Holds the conv's tensors, never the module (the
-    cache is keyed weakly on it)."""
-
-    PACKED_SHAPES = 4
-
-    def __init__(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype):
-        self.dtype = dtype
-        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
-        self.kernel_size, self.groups = list(conv.kernel_size), conv.groups
-        self.sources = [t for t in (conv.weight, bn.running_var, bn.weight) if t is not None]
-        self.versions = [t._version for t in self.sources]
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.eps) * (1 if bn.weight is None else bn.weight)
-            folded = conv.weight * scale[:, None, None, None]
-            self.weight = folded.to(dtype).contiguous(memory_format=torch.channels_last)
-        self.packed: dict[tuple, tuple[list[int], Optional[torch.Tensor]]] = {}
-
-    def fresh(self, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> bool:
-        """Made from these very tensors, unchanged since, in this dtype?"""
-        now = [t for t in (conv.weight, bn.running_var, bn.weight) if t is not None]
-        return dtype == self.dtype and len(now) == len(self.sources) and all(
-            a is b and a._version == v for a, b, v in zip(now, self.sources, self.versions))
-
-    @classmethod
-    def of(cls, conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d, dtype: torch.dtype) -> "_Adjoint":
-        """The cached adjoint of ``conv``, made again when its or the BatchNorm's tensors changed."""
-        hit = _ADJOINTS.get(conv)
-        if hit is None or not hit.fresh(conv, bn, dtype):
-            hit = _ADJOINTS[conv] = cls(conv, bn, dtype)
-        return hit
-
-    def _pack(self, shape: tuple, output_padding: list[int]) -> Optional[torch.Tensor]:
-        try:
-            return torch.ops.mkldnn._reorder_convolution_transpose_weight(
-                self.weight, self.padding, output_padding, self.stride, self.dilation, self.groups, list(shape))
-        except (AttributeError, RuntimeError, NotImplementedError):
-            return None
-
-    def __call__(self, g: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """The input gradient (N x C_in x size) for the output gradient ``g``."""
-        if g.dtype != self.dtype or not g.is_contiguous(memory_format=torch.channels_last):
-            g = g.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        key = (tuple(g.shape), size)
-        entry = self.packed.get(key)
-        if entry is None:
-            output_padding = [size[i] - ((g.shape[2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
-                                         + self.dilation[i] * (self.kernel_size[i] - 1) + 1) for i in (0, 1)]
-            entry = (output_padding, self._pack(key[0], output_padding))
-            while len(self.packed) >= self.PACKED_SHAPES:
-                self.packed.pop(next(iter(self.packed)), None)
-            self.packed[key] = entry
-        output_padding, packed = entry
-        if packed is not None:
-            try:
-                return torch.ops.mkldnn._convolution_transpose_pointwise(
-                    g, packed, None, self.padding, output_padding, self.stride, self.dilation, self.groups,
-                    "none", [], "")
-            except (AttributeError, RuntimeError, NotImplementedError):
-                self.packed[key] = (output_padding, None)
-        return F.conv_transpose2d(g, self.weight, stride=self.stride, padding=self.padding,
-                                  output_padding=output_padding, dilation=self.dilation, groups=self.groups)
-
-
 class OnePass:
     """Forward once, keep the target layer's activations, and differentiate class scores w.r.t. them only.
 
     >>> run = OnePass(model, "layer3")
     >>> logits = run(x)                    # the prediction
     >>> maps = run.cams(logits.argmax(1))  # its Grad-CAM maps, N x h x w
-    Three ways to the gradient, fastest first; the forward pass is the prediction's own in each:
     - At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
       the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all;
       the forward pass runs in inference mode.
-    - At an earlier stage of a ResNet of BasicBlocks (layer3, the default): the later blocks are run and
-      differentiated by hand. The forward pass (inference mode, the same modules called stage by stage)
-      keeps each ReLU's mask; the backward pass is one transposed convolution per conv, with the BatchNorm
-      scale folded into its weight and the weight pre-packed for oneDNN (_Adjoint), in bf16 where the CPU
-      computes bf16 natively (``precision="auto"``; fp32 elsewhere). Gradients match autograd's (to bf16
-      rounding) and the maps pytorch-grad-cam's (tests). At batch 1 on a 2-core CPU: ~2 ms, against ~6.5 ms
-      for autograd.
-    - Anywhere else (a sub-module path, other blocks): autograd, from the hooked activations onwards only.
-    The backward pass never touches the backbone's parameters.
+    - Anywhere else (layer3, the default, or a sub-module path): autograd, from the hooked activations onwards
+      only; the graph is kept, so other classes' maps of the same pass need only another backward pass.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
     """
 
     def __init__(self, model: torch.nn.Module, layer: str, precision: str = "auto"):
+        """``precision`` is checked (auto, fp32, bf16) and kept for callers; the gradients are autograd's, in the
+        forward pass's own precision."""
+        use_bf16(precision)  # validates
         self.model = model
         self.layer = target_layer(model, layer)
         self.head = _linear_head(model, self.layer)
-        self.blocks = None if self.head is not None else _later_blocks(model, self.layer)
-        # the head after the last stage, where the hand-written backward pass starts
-        self._last_head = None if self.blocks is None else _linear_head(model, target_layer(model, "layer4"))
-        self.dtype = torch.bfloat16 if use_bf16(precision) else torch.float32
         self.activations: Optional[torch.Tensor] = None
         self.logits: Optional[torch.Tensor] = None
         self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
-        self._masks: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def analytic(self) -> bool:
         """True when the gradients come from the head's weights (no backward pass)."""
         return self.head is not None
-
-    @property
-    def by_hand(self) -> bool:
-        """True when the backward pass through the later blocks is the hand-written one (no autograd)."""
-        return self.blocks is not None
 
     def _forward(self, x: torch.Tensor) -> None:
         if hasattr(self.model, "forward_with_features"):
@@ -242,28 +127,6 @@ class OnePass:
             self.features = features.detach()
         else:
             self.logits = self.model(x)
-
-    def _forward_by_hand(self, x: torch.Tensor) -> None:
-        """The model's forward pass, stage by stage (a torchvision ResNet in a TumorClassifier or alone: what
-        _later_blocks checked), keeping the target stage's output and, in the later blocks, where each ReLU lets
-        gradients through -- without hooks, which cost ~0.4 ms a pass at batch 1. The same modules in the same
-        order as forward_with_features (tests check the logits against it)."""
-        net = getattr(self.model, "net", self.model)
-        h = net.maxpool(net.relu(net.bn1(net.conv1(x))))
-        for name in _STAGES:
-            h = getattr(net, name)(h)
-            if getattr(net, name) is self.layer:
-                break
-        self.activations = h
-        for i, b in enumerate(self.blocks):  # BasicBlock.forward, keeping its ReLU masks
-            out = b.bn1(b.conv1(h))
-            self._masks[i, "relu1"] = out > 0
-            out = b.bn2(b.conv2(b.relu(out)))
-            out = b.relu(out + (b.downsample(h) if b.downsample is not None else h))
-            self._masks[i, "out"] = out > 0
-            h = out
-        self.features = torch.flatten(net.avgpool(h), 1)
-        self.logits = net.fc(self.features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         def hook(_module, _inputs, output):
@@ -274,15 +137,12 @@ class OnePass:
             self.activations = output
             return output
 
-        handles = [] if self.by_hand else [self.layer.register_forward_hook(hook)]
+        handles = [self.layer.register_forward_hook(hook)]
         was_training = self.model.training
         if was_training:  # (.eval()/.train() walk every module: ~0.6 ms each, skipped when already in eval mode)
             self.model.eval()
         try:
-            if self.by_hand:
-                with torch.inference_mode():
-                    self._forward_by_hand(x)
-            elif self.analytic:
+            if self.analytic:
                 with torch.inference_mode():
                     self._forward(x)
             else:
@@ -303,31 +163,6 @@ class OnePass:
                 self.model.train()
         return self.logits.detach()
 
-    def _backward_by_hand(self, classes: torch.Tensor) -> torch.Tensor:
-        """The gradient at the target layer, through the later BasicBlocks in reverse: for each block
-        y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), so with g = dy * [y > 0]
-        dx = conv1^T(bn1 * [relu1 > 0] * conv2^T(bn2 * g)) + shortcut^T(g)."""
-        blocks, masks = self.blocks, self._masks
-        last = masks[len(blocks) - 1, "out"]
-        g = None
-        for i in range(len(blocks) - 1, -1, -1):
-            b = blocks[i]
-            size = tuple(self.activations.shape[2:]) if i == 0 else tuple(masks[i - 1, "out"].shape[2:])
-            if g is None:  # the head's gradient, spread by the pooling, times the last ReLU's mask: one op
-                h, w = last.shape[2:]
-                g = (self._last_head.weight[classes] / (h * w)).to(self.dtype)[:, :, None, None] * last
-            else:
-                g = g * masks[i, "out"]
-            inner = _Adjoint.of(b.conv2, b.bn2, self.dtype)(g, tuple(g.shape[2:]))
-            inner = inner * masks[i, "relu1"]
-            dx = _Adjoint.of(b.conv1, b.bn1, self.dtype)(inner, size)
-            if b.downsample is not None:
-                dx = dx + _Adjoint.of(b.downsample[0], b.downsample[1], self.dtype)(g, size)
-            else:
-                dx = dx + g
-            g = dx
-        return g.float()
-
     def grads(self, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """d(logit of each image's class) / d(activations), for the last pass."""
         if self.logits is None or self.activations is None:
@@ -337,16 +172,13 @@ class OnePass:
             with torch.inference_mode():
                 n, _, h, w = self.activations.shape
                 return (self.head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
-        if self.by_hand:
-            with torch.inference_mode():
-                return self._backward_by_hand(classes)
         score = self.logits.gather(1, classes.view(-1, 1)).sum()
         (grad,) = torch.autograd.grad(score, self.activations, retain_graph=True)
         return grad
 
     def cams(self, classes: Sequence[int] | torch.Tensor, method: str = "gradcam") -> np.ndarray:
         """Maps of the given class per image, at the layer's resolution, in [0, 1]."""
-        with torch.inference_mode(self.analytic or self.by_hand):
+        with torch.inference_mode(self.analytic):
             return cam_from_grads(self.activations.detach(), self.grads(classes), method)
 
 

@@ -1,7 +1,7 @@
 """Predictor: the model loaded once, and predictions with heat maps for slices, batches and files.
 
 The CLI (predict.py, evaluate.py) and the app all go through ``Predictor``, so they share one
-preprocessing path (data.prepare) and one heat-map path (explain.OnePass). Model work is serialised
+preprocessing path (data.prepare) and one heat-map path (explain.OnePass, autograd from the same forward pass). Model work is serialised
 by a lock: heat-map hooks live on the shared network, so two requests must never interleave there.
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ class Predictor:
 
     def __init__(self, model: Union[TumorClassifier, str, None] = None, threads: Optional[int] = None,
                  precision: str = "auto", bf16_answer: bool = False, device: str = "cpu"):
-        """``precision`` of the heat maps' backward pass (explain.OnePass): ``auto`` (bf16 where the CPU computes
-        it natively, else fp32), ``fp32`` or ``bf16``.
+        """``precision``: ``auto``, ``fp32`` or ``bf16``, checked and kept (the heat maps' gradients are autograd's,
+        in the forward pass's precision).
 
         ``bf16_answer``: run the answer's forward pass under bfloat16 autocast, where the CPU computes bf16
         natively (ignored elsewhere, where it would be slower). On the build machine the forward pass is about
@@ -101,7 +101,7 @@ class Predictor:
         Off by default: the published figures, calibration and thresholds are fp32's.
 
         ``device``: ``cpu`` (default), ``cuda`` or ``auto`` (CUDA where torch sees a GPU). On a GPU the answer runs
-        there in fp32 (the published figures' precision) and heat maps come from pytorch-grad-cam's autograd path."""
+        there in fp32 (the published figures' precision), heat maps too."""
         use_bf16(precision)  # validates
         self.precision = precision
         self.bf16_answer = bool(bf16_answer) and native_bf16()
@@ -183,7 +183,7 @@ class Predictor:
             x = to_tensor(np.stack([p[0] for p in chunk]), self.config.mean, self.config.std).to(self.device)
             maps = None
             with self.lock:
-                if heatmaps and method in FAST_METHODS and self.device.type == "cpu":
+                if heatmaps and method in FAST_METHODS:
                     run = self._one_pass(x, chunk[0][0] if len(chunk) == 1 else None, reuse)
                     logits, features = run.logits.detach(), run.features
                     probs, pred = self._answer(logits)

@@ -46,3 +46,13 @@ def test_every_module_says_what_it_is():
     for path in PACKAGE.glob("*.py"):
         doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and len(doc.splitlines()[0]) > 10, path.name
+
+
+def test_no_private_torch_api_in_the_package():
+    import re
+
+    private = re.compile(r"torch\.ops\.mkldnn|torch\._C\b|\._version\b")
+    for path in PACKAGE.glob("*.py"):
+        hits = [line for line in path.read_text().splitlines() if private.search(line)]
+        assert not hits, (path.name, hits)
+    assert private.search("w._version == 3") and not private.search("torch.__version__")
