@@ -32,6 +32,16 @@ DICOM_SUFFIXES = (".dcm", ".dicom", "")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# The head crop's settings: data, saved in every checkpoint's config.json ("preprocessing") and read back by
+# data.preprocessing_settings, so changing a default here never changes how an older checkpoint is served
+# (a checkpoint without them gets these values, which are what every model before them was trained with).
+PREPROCESSING: dict[str, float] = {
+    "crop_margin": 0.04,  # the square around the head grows by this share of its side on each side
+    "crop_otsu_fraction": 0.35,  # head mask: blurred pixels above this share of Otsu's threshold ...
+    "crop_min_threshold": 8.0,  # ... and above this 0-255 level
+    "crop_min_area": 0.02,  # a head smaller than this share of the image is not trusted: the whole image is used
+}
+
 MAX_FILE_BYTES = 50 * 1024 * 1024  # refuse uploads above this
 MAX_PIXELS = 64_000_000  # refuse images whose header claims more (decompression bombs)
 

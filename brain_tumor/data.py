@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from .config import (DICOM_SUFFIXES, IMAGE_SUFFIXES, IMAGENET_MEAN, IMAGENET_STD, MAX_FILE_BYTES, MAX_PIXELS,
-                     canonical_class)
+                     PREPROCESSING, canonical_class)
 
 PathLike = Union[str, os.PathLike]
 
@@ -325,7 +325,9 @@ class Crop:
     width: int
 
 
-def head_mask(gray: np.ndarray) -> np.ndarray:
+def head_mask(gray: np.ndarray, otsu_fraction: float = PREPROCESSING["crop_otsu_fraction"],
+              min_threshold: float = PREPROCESSING["crop_min_threshold"],
+              min_area: float = PREPROCESSING["crop_min_area"]) -> np.ndarray:
     """Boolean mask of the head: Otsu threshold, largest non-frame component, holes filled.
 
     Works on the image's own intensities, so it also serves as the reference for 'how much of the
@@ -337,7 +339,7 @@ def head_mask(gray: np.ndarray) -> np.ndarray:
         if scale < 1 else gray
     blur = cv2.GaussianBlur(small, (5, 5), 0)
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    thresh = max(8.0, 0.35 * otsu)
+    thresh = max(float(min_threshold), float(otsu_fraction) * otsu)
     binary = (blur > thresh).astype(np.uint8)
     binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
@@ -348,7 +350,7 @@ def head_mask(gray: np.ndarray) -> np.ndarray:
         frame_like = bw >= 0.97 * sw and bh >= 0.97 * sh and area < 0.5 * bw * bh
         if not frame_like and area > best_area:
             best, best_area = i, area
-    if best == 0 or best_area < 0.02 * sh * sw:
+    if best == 0 or best_area < float(min_area) * sh * sw:
         return np.ones((h, w), dtype=bool)
     comp = (labels == best).astype(np.uint8)
     # fill holes: flood the background from outside the component
@@ -360,10 +362,10 @@ def head_mask(gray: np.ndarray) -> np.ndarray:
     return filled.astype(bool)
 
 
-def head_crop(gray: np.ndarray, margin: float = 0.04) -> Crop:
+def head_crop(gray: np.ndarray, margin: float = PREPROCESSING["crop_margin"], **mask_settings) -> Crop:
     """The square around the head, with a small margin; the whole image (padded square) if no head is found."""
     h, w = gray.shape
-    mask = head_mask(gray)
+    mask = head_mask(gray, **mask_settings)
     ys, xs = np.nonzero(mask)
     if mask.all() or len(xs) == 0:
         x0, x1, y0, y1 = 0, w, 0, h
@@ -387,11 +389,33 @@ def apply_crop(gray: np.ndarray, crop: Crop, size: int) -> np.ndarray:
     return cv2.resize(canvas, (size, size), interpolation=interp)
 
 
-def prepare(gray: np.ndarray, size: int) -> tuple[np.ndarray, Crop]:
-    """The one preprocessing path: crop to the head, pad square, resize. Returns (size x size uint8, crop)."""
+def preprocessing_settings(given: Optional[dict] = None) -> dict[str, float]:
+    """The head crop's settings from a checkpoint's ``preprocessing`` block: its numbers where it has them, today's
+    defaults (config.PREPROCESSING) for the rest; other keys (the words describing each step) are ignored.
+    Raises ValueError for a value out of range."""
+    out = dict(PREPROCESSING)
+    for key, value in (given or {}).items():
+        if key in PREPROCESSING:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"preprocessing {key} must be a number, got {str(value)[:20]}")
+            out[key] = float(value)
+    limits = {"crop_margin": (0.0, 1.0), "crop_otsu_fraction": (0.0, 2.0), "crop_min_threshold": (0.0, 255.0),
+              "crop_min_area": (0.0, 1.0)}
+    for key, (lo, hi) in limits.items():
+        if not lo <= out[key] <= hi:
+            raise ValueError(f"preprocessing {key} must be in [{lo}, {hi}], got {out[key]}")
+    return out
+
+
+def prepare(gray: np.ndarray, size: int, settings: Optional[dict] = None) -> tuple[np.ndarray, Crop]:
+    """The one preprocessing path: crop to the head, pad square, resize. Returns (size x size uint8, crop).
+
+    ``settings``: a checkpoint's ``preprocessing`` block (preprocessing_settings fills in what it lacks)."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"prepare expects an H x W uint8 slice, got {gray.dtype} {gray.shape}")
-    crop = head_crop(gray)
+    s = preprocessing_settings(settings)
+    crop = head_crop(gray, s["crop_margin"], otsu_fraction=s["crop_otsu_fraction"],
+                     min_threshold=s["crop_min_threshold"], min_area=s["crop_min_area"])
     return apply_crop(gray, crop, size), crop
 
 

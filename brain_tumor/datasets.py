@@ -272,10 +272,11 @@ def read_mask(path: Path, shape: tuple[int, int]) -> Optional[np.ndarray]:
     return m if m.shape == shape else None
 
 
-def load(col: Collection, size: int, progress: bool = True
+def load(col: Collection, size: int, progress: bool = True, settings: Optional[dict] = None
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Optional[str]]]:
     """Decode every image once: (N x S x S uint8 prepared slices, N x 1024 thumbnails, N x S x S uint8 masks
-    (0 where none; ``has_mask`` is ``masks.any((1, 2))``), errors per file)."""
+    (0 where none; ``has_mask`` is ``masks.any((1, 2))``), errors per file). ``settings``: a checkpoint's
+    preprocessing block (default: today's, which a new model records in its config)."""
     from tqdm import tqdm
 
     n = len(col)
@@ -289,7 +290,7 @@ def load(col: Collection, size: int, progress: bool = True
         except ImageReadError as e:
             errors[i] = str(e)
             continue
-        images[i], crop = prepare(gray, size)
+        images[i], crop = prepare(gray, size, settings)
         thumbs[i] = thumbnail(gray)
         if col.masks[i] is not None and canonical_class(col.classes[i]) != "notumor":
             m = read_mask(col.masks[i], gray.shape)

@@ -126,7 +126,7 @@ class Predictor:
         return getattr(self.model, "source", "in-memory model")
 
     def prepare(self, gray: np.ndarray) -> tuple[np.ndarray, Crop]:
-        return prepare(gray, self.config.img_size)
+        return prepare(gray, self.config.img_size, self.config.preprocessing)
 
     def view(self, gray: np.ndarray, crop: Crop, size: int = 512) -> np.ndarray:
         """The model's view of the slice at display resolution (same crop, larger)."""

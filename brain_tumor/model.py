@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import resnet18
 
-from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, canonical_class, display_name
+from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, PREPROCESSING, canonical_class, display_name
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -52,9 +52,11 @@ class ModelConfig:
     cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
-        "crop": "square around the head mask (Otsu, largest component), 4% margin, zero padding",
+        "crop": "square around the head mask (blurred, thresholded at crop_otsu_fraction of Otsu's level and at least "
+                "crop_min_threshold, largest component), crop_margin on each side, zero padding",
         "resize": "area (down) / bilinear (up) to img_size",
         "channels": "grayscale repeated on 3 channels, normalised by mean/std",
+        **PREPROCESSING,  # the numbers data.prepare reads (an older config without them: these same values)
     })
     abstain_below: float = 0.0  # calibrated confidence below which the answer is 'uncertain - needs review'
     ood_threshold: float = 0.0  # Mahalanobis distance above which a slice does not look like a brain MRI; 0 = off
@@ -105,6 +107,12 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
+    from .data import preprocessing_settings
+
+    try:
+        preprocessing_settings(d.get("preprocessing") if isinstance(d.get("preprocessing"), dict) else None)
+    except ValueError as e:
+        raise ModelLoadError(f"config.json: {e}") from None
     shown = d.get("display_names", {})
     if not isinstance(shown, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in shown.items()):
         raise ModelLoadError(f"config.json display_names must map class names to words, got {str(shown)[:60]}")

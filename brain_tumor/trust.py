@@ -284,7 +284,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
             name: float((d_val[g == name] > threshold).mean()) for name in sorted(set(g.tolist()))}
     if measure_negatives:
         negatives = non_mri_images()
-        imgs = np.stack([prepare(g, model.config.img_size)[0] for _, g in negatives])
+        imgs = np.stack([prepare(g, model.config.img_size, model.config.preprocessing)[0] for _, g in negatives])
         _, f_neg = extract(model, torch.from_numpy(imgs))
         d_neg = model.ood_distance(f_neg).numpy()
         blank = np.array([looks_blank(g) for _, g in negatives])
@@ -345,7 +345,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    images, _, _, errors = datasets.load(col, model.config.img_size)
+    images, _, _, errors = datasets.load(col, model.config.img_size, settings=model.config.preprocessing)
     ok = np.array([e is None for e in errors]) & np.array([c in classes for c in col.classes])
     labels = torch.tensor([classes.index(c) if c in classes else -1 for c in col.classes])
     x, keep_val = torch.from_numpy(images), torch.from_numpy(is_val & ok)

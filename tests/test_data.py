@@ -133,3 +133,37 @@ def test_data_cli_writes_augmentation_grid(tmp_path, class_folders):
     out = tmp_path / "grid.png"
     assert main([str(class_folders / "glioma" / "glioma_0.png"), "--img-size", "64", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
+
+
+def test_preprocessing_settings_travel_with_the_checkpoint(tmp_path):
+    """The crop's numbers are data in config.json: a model trained with another margin is served with it, and
+    an older config.json without them is served with today's values."""
+    import json
+
+    from brain_tumor.config import PREPROCESSING
+    from brain_tumor.data import prepare, preprocessing_settings
+    from brain_tumor.inference import Predictor
+    from brain_tumor.model import ModelLoadError, create_model, load_model, save_model
+    from conftest import synthetic_slice
+
+    gray = np.zeros((120, 160), np.uint8)
+    gray[30:90, 50:110] = synthetic_slice(3, 60) // 2 + 100
+    folder = save_model(create_model(["glioma", "notumor"], init="scratch", img_size=64).eval(), tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    assert {k: config["preprocessing"][k] for k in PREPROCESSING} == PREPROCESSING
+    default_view, default_crop = Predictor(str(folder)).prepare(gray)
+    config["preprocessing"]["crop_margin"] = 0.25
+    (folder / "config.json").write_text(json.dumps(config))
+    wide_view, wide_crop = Predictor(str(folder)).prepare(gray)
+    assert wide_crop.side > default_crop.side
+    assert wide_crop == prepare(gray, 64, {"crop_margin": 0.25})[1]
+    for key in PREPROCESSING:  # an older config: the words only
+        del config["preprocessing"][key]
+    (folder / "config.json").write_text(json.dumps(config))
+    old_view, old_crop = Predictor(str(folder)).prepare(gray)
+    assert old_crop == default_crop and (old_view == default_view).all()
+    assert preprocessing_settings({"decode": "words"}) == PREPROCESSING
+    config["preprocessing"]["crop_margin"] = -1
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="crop_margin"):
+        load_model(str(folder))
