@@ -185,6 +185,13 @@ def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[A
     raise ImageReadError("the uploaded file is no longer available (uploads are deleted once read); upload it again")
 
 
+def _series_scan(state: Optional[dict]) -> Optional[dict]:
+    """For a session whose scan is a DICOM series of loose files: a stand-in upload that _decode finds in the state."""
+    if state and state.get("series"):
+        return {"path": state["source"], "orig_name": state.get("name", "DICOM series")}
+    return None
+
+
 def _slices(state: dict):
     """Every slice of the upload in the state, in order (volume slices, or a multi-frame DICOM's frames)."""
     if state.get("volume") is not None:
@@ -242,6 +249,7 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                 target: str = PREDICTED,
                 opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
         """Classify one MRI slice; returns class confidences, heat-map overlay, model's view, summary."""
+        scan = scan or _series_scan(state)
         if not scan:
             return None, None, None, "", None
         gray, pred, state = answer(scan, frame, method, target, state)
@@ -260,6 +268,7 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
     def report(scan: Optional[dict], frame: float = 0, method: str = predictor.config.cam_method,
                target: str = PREDICTED, opacity: float = DEFAULT_OPACITY, state: Optional[dict] = None):
         """The one-page PDF report of the answer /predict gives for the same inputs."""
+        scan = scan or _series_scan(state)
         if not scan:
             raise gr.Error("Upload a scan first: the report is of its answer.", print_exception=False)
         gray, pred, state = answer(scan, frame, method, target, state)
@@ -281,6 +290,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
     def preview(scan: Optional[dict], state: Optional[dict]):
         """On upload: decode once, show the scan at once, and set up the slice slider for volumes."""
         hidden = gr.update(visible=False)
+        if not scan and state and state.get("series"):  # the file box was cleared for a series: keep it
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
         if not scan:
             return gr.update(visible=False, value=0), None, hidden, hidden, state
         try:
@@ -293,6 +304,28 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
                            else f"Frame (multi-frame DICOM, of {frames})")
         many = gr.update(visible=frames > 1)
         return slider, render(_fit(gray), "view"), many, gr.update(visible=frames > 1, value=None), state
+
+    def series_preview(files: Optional[list], state: Optional[dict]):
+        """Several DICOM files dropped together: read as one series (sorted by position), shown like a volume."""
+        if not files:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        paths = [f["path"] if isinstance(f, dict) else str(f) for f in files]
+        try:
+            vol = read_volume(paths)
+        except ImageReadError as e:
+            raise gr.Error(html.escape(f"Could not use these files as one DICOM series: {e}"),
+                           print_exception=False) from None
+        finally:
+            for p in paths:
+                _discard(p)
+        index = len(vol) // 2
+        state = {"source": f"series:{uuid.uuid4().hex}", "series": True, "name": vol.name, "frames": len(vol),
+                 "frame": index, "volume": vol.slices, "notes": vol.notes, "gray": vol.slices[index]}
+        slider = gr.update(visible=len(vol) > 1, maximum=max(len(vol) - 1, 1), value=index,
+                           label=f"Slice (0 = most inferior, of {len(vol)})")
+        many = gr.update(visible=len(vol) > 1)
+        return (None, slider, render(_fit(vol.slices[index]), "view"), many,
+                gr.update(visible=len(vol) > 1, value=None), state)
 
     def scan_all(state: Optional[dict], progress=gr.Progress()):
         """Every slice through the model in batches: the tumour probability per slice, and the slider moved to the
@@ -318,6 +351,9 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             with gr.Column(scale=1):
                 scan = gr.File(label="MRI slice or volume (JPEG, PNG, BMP, TIFF, WebP, DICOM, NIfTI, zipped DICOM series)",
                                type="filepath", elem_id="scan")
+                with gr.Accordion("…or a DICOM series as loose files", open=False):
+                    series = gr.File(label="Drop all the .dcm files of one series", file_count="multiple",
+                                     type="filepath", elem_id="series")
                 frame = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
                 scan_button = gr.Button("Scan all slices", visible=False, elem_id="scan-all")
                 method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=predictor.config.cam_method,
@@ -354,6 +390,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         scan.change(preview, [scan, state], [frame, view, scan_button, plot, state], preprocess=False,
                     api_visibility="private", show_progress="hidden").then(api_name="predict", **model_io)
         gr.on([frame.release, method.input, target.input], api_visibility="private", **model_io)
+        series.upload(series_preview, [series, state], [scan, frame, view, scan_button, plot, state], preprocess=False,
+                      api_visibility="private", show_progress="minimal").then(api_visibility="private", **model_io)
         scan_button.click(scan_all, [state], [plot, frame], api_visibility="private", concurrency_limit=1,
                           concurrency_id="model").then(api_visibility="private", **model_io)
         report_button.click(report, inputs, [report_file], preprocess=False, api_name="report",

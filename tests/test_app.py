@@ -416,3 +416,20 @@ def test_a_volume_is_answered_slice_by_slice_and_scanned_whole(app, client, tmp_
     expected = [p.tumor_probability for p in app.predictor.predict(list(state["volume"]))]
     assert moved["value"] == int(np.argmax(expected))
     assert len(fig.axes[0].lines[0].get_ydata()) == 5
+
+
+def test_loose_dicom_files_become_one_series_in_the_session(app, tmp_path):
+    from test_volume import write_series
+
+    d = np.zeros((40, 40, 4), np.float32)
+    d[5:35, 5:35] = 100
+    folder = Path(app.TEMP_DIR, "series-test")
+    paths = write_series(folder, d)
+    demo = app.build_demo(app.predictor)
+    fns = {f.fn.__name__: f.fn for f in demo.fns.values()}
+    cleared, slider, _, button, _, state = fns["series_preview"]([{"path": str(p)} for p in paths], None)
+    assert cleared is None and slider["maximum"] == 3 and state["frames"] == 4 and button["visible"]
+    assert not any(p.exists() for p in paths)  # the uploads are dropped once read
+    label, _, _, text, state = fns["predict"](None, 1, state=state)  # the slider, no file in the scan box
+    assert "Slice 1 of 4" in text and label
+    assert fns["report"](None, 1, state=state).endswith(".pdf")

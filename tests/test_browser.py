@@ -139,3 +139,21 @@ def read_volume_slices(path):
     from brain_tumor.volume import read_volume
 
     return read_volume(path).slices
+
+
+def test_loose_dicom_files_are_read_as_one_series(served, page, tmp_path):
+    """Several .dcm files of one series dropped together: sorted by position, shown with the slice slider."""
+    import numpy as np
+    from playwright.sync_api import expect
+
+    from test_volume import write_series
+
+    d = np.zeros((48, 48, 5), np.float32)
+    d[8:40, 8:40] = np.linspace(60, 160, 5)
+    paths = write_series(tmp_path / "series", d)
+    page.goto(served[0])
+    page.get_by_text("…or a DICOM series as loose files").click()
+    page.locator("#series input[type=file]").set_input_files([str(p) for p in paths])
+    expect(page.locator("#slice")).to_be_visible()
+    expect(page.locator("#summary")).to_contain_text("Slice 2 of 5 (0 = most inferior)")
+    expect(page.locator("#overlay img")).to_be_visible()
