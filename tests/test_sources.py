@@ -158,6 +158,7 @@ def test_group_report_on_a_made_up_set():
     assert "c " in metrics.format_group_table(only_tumours)
 
 
+@pytest.mark.slow
 def test_heat_map_objective_moves_the_map_into_a_planted_box():
     torch.manual_seed(0)
     model = create_model(["glioma", "notumor"], init="scratch", img_size=128)

@@ -135,6 +135,7 @@ def test_bad_archives_get_a_reason(tmp_path, content, message):
         read_volume(path)
 
 
+@pytest.mark.slow
 def test_zip_bomb_and_too_many_members_are_refused(tmp_path):
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
