@@ -40,7 +40,7 @@ from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
 from brain_tumor.data import ImageReadError, dicom_frame_count, read_image  # noqa: E402
 from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
-from brain_tumor.inference import Prediction, Predictor  # noqa: E402
+from brain_tumor.inference import Prediction, Predictor, most_suspicious  # noqa: E402
 from brain_tumor.model import ModelLoadError  # noqa: E402
 from brain_tumor.report import write_report  # noqa: E402
 from brain_tumor.volume import is_volume, read_volume  # noqa: E402
@@ -148,25 +148,32 @@ def _discard(path: str) -> None:
         pass
 
 
+def _pick(frame: Optional[float], frames: int, volume: bool) -> Optional[int]:
+    """The slice to show: ``frame`` clamped, or the middle one; None for a single-frame file (not a volume)."""
+    if frames == 1:
+        return 0 if volume else None
+    return frames // 2 if frame is None else min(max(int(frame), 0), frames - 1)
+
+
+def _volume_state(source: str, vol, frame: Optional[float] = None, **extra) -> dict:
+    """A session's state for a volume (NIfTI, a zipped or loose DICOM series), kept decoded as axial slices."""
+    index = _pick(frame, len(vol), volume=True)
+    return {"source": source, "frames": len(vol), "frame": index, "volume": vol.slices, "notes": vol.notes,
+            "gray": vol.slices[index], **extra}
+
+
 def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[Any, dict]:
     """The slice to classify, and the state that lets the session re-pick a slice after the upload is gone.
 
     A volume (NIfTI, zipped DICOM series) is kept decoded in the state, 8-bit, as axial slices; a multi-frame
     DICOM file is kept as its bytes. Raises ImageReadError (a reason a person can act on)."""
-    def pick(frames: int) -> Optional[int]:
-        if frames == 1:
-            return None
-        return frames // 2 if frame is None else min(max(int(frame), 0), frames - 1)
-
     if os.path.exists(path):
         try:
             if is_volume(path):
-                vol = read_volume(path)
-                index = pick(len(vol)) if len(vol) > 1 else 0
-                return vol.slices[index], {"source": path, "frames": len(vol), "frame": index, "volume": vol.slices,
-                                           "notes": vol.notes, "gray": vol.slices[index]}
+                state = _volume_state(path, read_volume(path), frame)
+                return state["gray"], state
             frames = dicom_frame_count(path)
-            index = pick(frames)
+            index = _pick(frame, frames, volume=False)
             data = Path(path).read_bytes() if frames > 1 else None  # kept in memory only to re-pick a slice
             gray = read_image(path, frame=index)
         finally:
@@ -175,14 +182,22 @@ def _decode(path: str, frame: Optional[float], state: Optional[dict]) -> tuple[A
     if state and state.get("source") == path:  # the same upload, already decoded and deleted
         if state.get("error"):
             raise ImageReadError(state["error"])
-        index = pick(state["frames"])
-        if state.get("volume") is not None and state["frames"] == 1:
-            index = 0
+        volume = state.get("volume")
+        index = _pick(frame, state["frames"], volume=volume is not None)
         if index != state["frame"]:
-            gray = state["volume"][index] if state.get("volume") is not None else read_image(state["data"], frame=index)
+            gray = volume[index] if volume is not None else read_image(state["data"], frame=index)
             state = {**state, "frame": index, "gray": gray}
         return state["gray"], state
     raise ImageReadError("the uploaded file is no longer available (uploads are deleted once read); upload it again")
+
+
+def _slice_controls(state: dict) -> tuple:
+    """Updates of the slice slider, the scan-all button and the per-slice plot for the upload in ``state``."""
+    frames = state.get("frames", 1)
+    kind = "Slice (0 = most inferior" if state.get("volume") is not None else "Frame (multi-frame DICOM"
+    slider = gr.update(visible=frames > 1, maximum=max(frames - 1, 1), value=state["frame"] or 0,
+                       label=f"{kind}, of {frames})")
+    return slider, gr.update(visible=frames > 1), gr.update(visible=frames > 1, value=None)
 
 
 def _series_scan(state: Optional[dict]) -> Optional[dict]:
@@ -298,12 +313,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             gray, state = _decode(scan["path"], None, state)
         except ImageReadError as e:  # the upload is gone: predict reports the reason from the state
             return gr.update(visible=False, value=0), None, hidden, hidden, {"source": scan["path"], "error": str(e)}
-        frames = state.get("frames", 1)
-        slider = gr.update(visible=frames > 1, maximum=max(frames - 1, 1), value=state["frame"] or 0,
-                           label=f"Slice (0 = most inferior, of {frames})" if state.get("volume") is not None
-                           else f"Frame (multi-frame DICOM, of {frames})")
-        many = gr.update(visible=frames > 1)
-        return slider, render(_fit(gray), "view"), many, gr.update(visible=frames > 1, value=None), state
+        slider, button, plot = _slice_controls(state)
+        return slider, render(_fit(gray), "view"), button, plot, state
 
     def series_preview(files: Optional[list], state: Optional[dict]):
         """Several DICOM files dropped together: read as one series (sorted by position), shown like a volume."""
@@ -318,29 +329,21 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         finally:
             for p in paths:
                 _discard(p)
-        index = len(vol) // 2
-        state = {"source": f"series:{uuid.uuid4().hex}", "series": True, "name": vol.name, "frames": len(vol),
-                 "frame": index, "volume": vol.slices, "notes": vol.notes, "gray": vol.slices[index]}
-        slider = gr.update(visible=len(vol) > 1, maximum=max(len(vol) - 1, 1), value=index,
-                           label=f"Slice (0 = most inferior, of {len(vol)})")
-        many = gr.update(visible=len(vol) > 1)
-        return (None, slider, render(_fit(vol.slices[index]), "view"), many,
-                gr.update(visible=len(vol) > 1, value=None), state)
+        state = _volume_state(f"series:{uuid.uuid4().hex}", vol, series=True, name=vol.name)
+        slider, button, plot = _slice_controls(state)
+        return None, slider, render(_fit(state["gray"]), "view"), button, plot, state
 
     def scan_all(state: Optional[dict], progress=gr.Progress()):
         """Every slice through the model in batches: the tumour probability per slice, and the slider moved to the
         most suspicious one (which the chained predict then explains)."""
         if not state or state.get("frames", 1) < 2:
             raise gr.Error("Scan all slices needs a volume or a multi-frame DICOM file.", print_exception=False)
-        slices, probabilities, looks = list(_slices(state)), [], []
+        slices, preds = list(_slices(state)), []
         batch = 16
         for start in progress.tqdm(range(0, len(slices), batch), desc="scanning slices", unit="batch"):
-            for p in predictor.predict(slices[start:start + batch], batch_size=batch):
-                probabilities.append(p.tumor_probability)
-                looks.append(p.looks_like_mri)
-        candidates = [i for i, ok in enumerate(looks) if ok] or list(range(len(slices)))
-        best = max(candidates, key=lambda i: probabilities[i])
-        return probability_plot(probabilities, best), gr.update(value=best)
+            preds += predictor.predict(slices[start:start + batch], batch_size=batch)
+        best = most_suspicious(preds)
+        return probability_plot([p.tumor_probability for p in preds], best), gr.update(value=best)
 
     with gr.Blocks(title="Brain MRI tumour classifier", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# Brain MRI tumour classifier\nDrop one MRI slice (JPEG, PNG, BMP, TIFF, WebP or DICOM) or a "

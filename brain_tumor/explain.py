@@ -246,11 +246,14 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.45, floor: floa
     where the map crosses a corner of the JET scale within one of its own pixels)."""
     heat = np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, 1)
     colour = cv2.applyColorMap((heat * 255).astype(np.uint8), _JET_RGB)
-    weight = np.clip((heat - floor) / 0.1, 0.0, 1.0) if floor > 0 else np.ones_like(heat)
+    alpha = float(np.clip(alpha, 0.0, 1.0))
+    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+    size = (gray.shape[1], gray.shape[0])
     if colour.shape[:2] != gray.shape:
-        size = (gray.shape[1], gray.shape[0])
         colour = cv2.resize(colour, size, interpolation=cv2.INTER_LINEAR)
+    if floor <= 0:
+        return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)  # uint8 arithmetic, saturating
+    weight = np.clip((heat - floor) * (alpha / 0.1), 0.0, alpha)  # per pixel: 0 below the floor, alpha above it
+    if weight.shape != gray.shape:
         weight = cv2.resize(weight, size, interpolation=cv2.INTER_LINEAR)
-    weight = (weight * float(np.clip(alpha, 0.0, 1.0)))[..., None]
-    base = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB).astype(np.float32)
-    return np.clip(base + weight * (colour.astype(np.float32) - base) + 0.5, 0, 255).astype(np.uint8)
+    return cv2.blendLinear(base, colour, 1.0 - weight, weight)

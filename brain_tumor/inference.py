@@ -79,6 +79,12 @@ class Prediction:
         return out
 
 
+def most_suspicious(preds: list[Prediction]) -> int:
+    """The slice with the highest tumour probability among those that look like a brain MRI (all, if none do)."""
+    candidates = [i for i, p in enumerate(preds) if p.looks_like_mri] or list(range(len(preds)))
+    return max(candidates, key=lambda i: preds[i].tumor_probability)
+
+
 class Predictor:
     """A loaded model plus everything needed to answer for a slice.
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .data import ImageReadError, is_image_file, read_image
 from .explain import check_method
-from .inference import BF16_ANSWER_HELP, Prediction, Predictor
+from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
 from .model import ModelLoadError
 from .verdict import DISCLAIMER
 from .volume import is_volume, read_volume
@@ -83,12 +83,6 @@ def _printable(text: str, stream=None) -> str:
     """Text the stream can show: undecodable file names (lone surrogates) and unencodable characters escaped."""
     encoding = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
     return text.encode(encoding, "backslashreplace").decode(encoding)
-
-
-def most_suspicious(preds: list[Prediction]) -> int:
-    """The slice with the highest tumour probability among those that look like a brain MRI (all, if none do)."""
-    candidates = [i for i, p in enumerate(preds) if p.looks_like_mri] or list(range(len(preds)))
-    return max(candidates, key=lambda i: preds[i].tumor_probability)
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:

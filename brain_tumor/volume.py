@@ -75,17 +75,16 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
     import nibabel as nib
 
     data, name = _read_bytes(path, max_bytes)  # size and existence checked, as for slices
-    try:
-        image = nib.Nifti1Image.from_bytes(_gunzip(data) if data[:2] == b"\x1f\x8b" else data)
-    except ImageReadError:
-        raise
-    except Exception:
+    raw = _gunzip(data) if data[:2] == b"\x1f\x8b" else data
+    image, error = None, None
+    for kind in (nib.Nifti1Image, nib.Nifti2Image):
         try:
-            image = nib.Nifti2Image.from_bytes(_gunzip(data) if data[:2] == b"\x1f\x8b" else data)
-        except ImageReadError:
-            raise
-        except Exception as e:
-            raise ImageReadError(f"not a readable NIfTI file ({_short(e)})") from None
+            image = kind.from_bytes(raw)
+            break
+        except Exception as e:  # nibabel raises many kinds on a file that is not its format
+            error = e
+    if image is None:
+        raise ImageReadError(f"not a readable NIfTI file ({_short(error)})")
     shape = tuple(int(s) for s in image.shape)
     notes = []
     if len(shape) == 2:

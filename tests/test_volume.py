@@ -1,7 +1,6 @@
 """Volumes: NIfTI and DICOM series to radiological axial slices; windowing; hostile archives; compressed DICOM."""
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
