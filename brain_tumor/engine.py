@@ -179,6 +179,7 @@ def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, g
             for name in set(g.tolist()):
                 by_group[name]["pointing_game"] = float(hits[g == name].mean())
                 by_group[name]["heat_in_mask"] = float(shares[g == name].mean())
+                by_group[name]["n_masked"] = int((g == name).sum())
     return {"loss": F.cross_entropy(logits, y_val).item(), "pooled": pooled, "groups": by_group,
             "score": selection_score(by_group)}
 
@@ -418,8 +419,9 @@ def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: 
     model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
                                      "train/validation)", "best_epoch": best["epoch"],
                             "selection": "0.5 x mean + 0.5 x worst, over source/sequence groups, of the mean of "
-                                         "accuracy, tumour sensitivity and specificity, each counted where it rests "
-                                         f"on >= {MIN_SUPPORT} images"}
+                                         "accuracy, tumour sensitivity, specificity and (where masks exist) the "
+                                         f"layer4 CAM pointing game, each counted where it rests on >= {MIN_SUPPORT} "
+                                         "images"}
     record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view,
                        val_groups=val_groups)
     temperature = model.config.temperature

@@ -144,6 +144,7 @@ def tumor_scores(is_tumor: Sequence[bool], p_tumor: Sequence[float]) -> dict[str
             "tumor_auroc": auroc(t.astype(int), p)}
 
 
+SCORED = ("accuracy", "tumor_sensitivity", "tumor_specificity", "pointing_game")  # what group_score averages
 MIN_SUPPORT = 10  # a figure from fewer images than this does not enter the selection score (too noisy)
 
 
@@ -165,12 +166,14 @@ def group_reports(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str
 
 
 def group_score(row: dict[str, float]) -> float:
-    """One group's figure: the mean of its accuracy, tumour sensitivity and specificity -- those defined and
-    resting on at least MIN_SUPPORT images (a specificity from one normal slice would swing the score)."""
+    """One group's figure: the mean of its accuracy, tumour sensitivity, specificity and, where the group has
+    tumour masks, its heat maps' pointing game -- those defined and resting on at least MIN_SUPPORT images (a
+    specificity from one normal slice would swing the score). With the pointing game in it, an epoch whose
+    answers improve while its maps drift off the tumour is not chosen for the answers alone."""
     support = {"accuracy": row.get("n", MIN_SUPPORT), "tumor_sensitivity": row.get("n_tumor", MIN_SUPPORT),
-               "tumor_specificity": row.get("n_no_tumor", MIN_SUPPORT)}
-    vals = [row[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity") if row.get(k) == row.get(k)
-            and row.get(k) is not None and support[k] >= MIN_SUPPORT]
+               "tumor_specificity": row.get("n_no_tumor", MIN_SUPPORT), "pointing_game": row.get("n_masked", 0)}
+    vals = [row[k] for k in SCORED if row.get(k) == row.get(k) and row.get(k) is not None
+            and support[k] >= MIN_SUPPORT]
     return float(np.mean(vals)) if vals else float("nan")
 
 

@@ -156,6 +156,10 @@ def test_group_report_on_a_made_up_set():
     r["a"]["n_no_tumor"] = 1  # a specificity from one normal slice leaves the score
     assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3) / 2)
     assert "c " in metrics.format_group_table(only_tumours)
+    r["a"].update(pointing_game=0.25, n_masked=3)  # heat maps on three masks: too few to count
+    assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3) / 2)
+    r["a"]["n_masked"] = 10  # on ten, an epoch whose maps miss the tumour scores lower
+    assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3 + 0.25) / 3)
 
 
 @pytest.mark.slow
