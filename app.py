@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
-from brain_tumor.data import ImageReadError, dicom_frame_count, read_image  # noqa: E402
+from brain_tumor.decode import dicom_frame_count, ImageReadError, read_image# noqa: E402
 from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
 from brain_tumor.inference import Prediction, Predictor, most_suspicious  # noqa: E402

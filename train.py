@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from dataclasses import fields
@@ -82,7 +83,8 @@ def parse_args(argv=None) -> TrainConfig:
         values["backbone_lr"] = None if a.backbone_lr.lower() in ("same", "none") else float(a.backbone_lr)
         return TrainConfig(**values)
     except ValueError as e:
-        p.error(str(e).replace("img_size", "--img-size").replace("epochs", "--epochs"))
+        names = "|".join(f.name for f in fields(TrainConfig))  # name the flag: img_size -> --img-size
+        p.error(re.sub(rf"\b({names})\b", lambda m: "--" + m.group(1).replace("_", "-"), str(e)))
 
 
 def main(argv=None) -> int:

@@ -72,7 +72,7 @@ def sample_images(folder: os.PathLike | str, n: int, seed: int = 0) -> tuple[lis
     """``n`` scan files from ``folder`` (walked recursively), a fixed-seed random sample.
 
     A folder with fewer files is cycled to ``n``. Returns (paths, number of distinct files)."""
-    from brain_tumor.data import list_images
+    from brain_tumor.datasets import list_images
 
     pool = list_images(folder)
     if not pool:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from brain_tumor.data import head_mask, list_images, read_image
+from brain_tumor.decode import read_image
+from brain_tumor.preprocess import head_mask
+from brain_tumor.datasets import list_images
 from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_box
 from brain_tumor.inference import Predictor
 
@@ -93,7 +95,8 @@ MIN_HEAT_IN_HEAD = 0.90
 
 def _box_slices(roots: list[str], split: str = None) -> list[Path]:
     """Tumour slices with a box file beside them, under the roots (only the split's validation images if given)."""
-    from brain_tumor.datasets import previous_sides, read_roots
+    from brain_tumor.datasets import read_roots
+    from brain_tumor.splits import previous_sides
 
     col, _ = read_roots(roots)
     keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, Path(split)) != 0

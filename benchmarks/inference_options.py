@@ -178,7 +178,7 @@ def calibration_files(folder: Optional[str], model_source: str, n: int, seed: in
     import random
 
     from benchmarks._harness import TRAINING_DATA
-    from brain_tumor.data import list_images
+    from brain_tumor.datasets import list_images
 
     if folder:
         pool = list_images(folder)
@@ -220,7 +220,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from brain_tumor.data import load_prepared, read_class_folders, to_tensor
+    from brain_tumor.preprocess import to_tensor
+    from brain_tumor.datasets import load_prepared, read_class_folders
     from brain_tumor.inference import Predictor
     from brain_tumor.metrics import expected_calibration_error
 

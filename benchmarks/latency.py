@@ -88,7 +88,8 @@ def _time(fn: Callable[[], object]) -> float:
 
 def run_round(predictor, peer: PeerPipeline, paths: list[Path], warmup: list[Path], repeats: int) -> dict:
     """Every path on every image at the current thread count; returns per-path timings."""
-    from brain_tumor.data import read_image, to_tensor
+    from brain_tumor.decode import read_image
+    from brain_tumor.preprocess import to_tensor
     from brain_tumor.explain import overlay
 
     def ours_answer(p):

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from brain_tumor.config import canonical_class
-from brain_tumor.data import head_mask, read_image
+from brain_tumor.decode import read_image
+from brain_tumor.preprocess import head_mask
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import tumor_scores
 

@@ -2,7 +2,7 @@
 
 Same images, model (a fresh ResNet18 classifier, the same initial weights), batch size, input size,
 optimizer (AdamW, the TrainConfig defaults) and loss. Decoding counts in both:
-  ours:  data.load_prepared once (decode, head crop, resize, thumbnails), then engine.train_one_epoch
+  ours:  datasets.load_prepared once (decode, head crop, resize, thumbnails), then engine.train_one_epoch
          for each epoch (channels-last; forward pass in bf16 autocast where the CPU has native bf16, as
          train.py does by default: --precision); the decode is amortised over --epochs;
   plain: an ImageFolder-style dataset that opens each JPEG with PIL every epoch, RandomResizedCrop,
@@ -91,7 +91,7 @@ def _warm(model, img_size: int, optimizer, channels_last: bool) -> None:
 
 
 def sample_training_files(root: Path, n: int, seed: int) -> tuple[list[Path], list[int], list[str]]:
-    from brain_tumor.data import read_class_folders
+    from brain_tumor.datasets import read_class_folders
 
     folder = read_class_folders(root)
     picks = np.random.default_rng(seed).choice(len(folder), min(n, len(folder)), replace=False)
@@ -121,7 +121,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _torchrun(args)
 
     from brain_tumor.config import TrainConfig
-    from brain_tumor.data import load_prepared
+    from brain_tumor.datasets import load_prepared
     from brain_tumor.engine import forward_precision, train_one_epoch
     from brain_tumor.model import ModelLoadError, create_model, load_model
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brain_tumor.data import read_class_folders, read_image, to_tensor
+from brain_tumor.decode import read_image
+from brain_tumor.preprocess import to_tensor
+from brain_tumor.datasets import read_class_folders
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import auroc
 

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "DEFAULT_CLASSES": "config", "TrainConfig": "config",
-    "ImageReadError": "data", "prepare": "data", "read_image": "data",
+    "ImageReadError": "decode", "prepare": "preprocess", "read_image": "decode",
     "Prediction": "inference", "Predictor": "inference",
     "ModelConfig": "model", "ModelLoadError": "model", "TumorClassifier": "model", "create_model": "model",
     "load_model": "model", "save_model": "model",

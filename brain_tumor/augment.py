@@ -247,7 +247,8 @@ def save_augmentation_grid(path: str, out: str, size: int = 224, n: int = 15, se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import prepare, read_image
+    from .decode import read_image
+    from .preprocess import prepare
 
     img, _ = prepare(read_image(path), size)
     base = torch.from_numpy(img).float().div(255).view(1, 1, size, size).repeat(n, 1, 1, 1)
@@ -278,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import sys
 
-    from .data import ImageReadError
+    from .decode import ImageReadError
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.augment", description=main.__doc__.split(": ")[1],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

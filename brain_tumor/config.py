@@ -33,7 +33,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The head crop's settings: data, saved in every checkpoint's config.json ("preprocessing") and read back by
-# data.preprocessing_settings, so changing a default here never changes how an older checkpoint is served
+# preprocess.preprocessing_settings, so changing a default here never changes how an older checkpoint is served
 # (a checkpoint without them gets these values, which are what every model before them was trained with).
 PREPROCESSING: dict[str, float] = {
     "crop_margin": 0.04,  # the square around the head grows by this share of its side on each side
@@ -118,16 +118,34 @@ class TrainConfig:
     notes: list[str] = field(default_factory=list)  # free text copied into the model card
 
     def __post_init__(self) -> None:
+        """Every option checked here, so that train.py, direct callers of engine.fit and tests get one set of
+        rules and one message per mistake (raised as ValueError, the field named as the flag's words)."""
         if isinstance(self.data, str):
             self.data = [self.data] if self.data else []
-        checks = [(self.img_size >= 32, "img_size must be at least 32"), (self.epochs >= 1, "epochs must be at least 1"),
-                  (self.batch_size >= 2, "batch_size must be at least 2"),
-                  (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
-                  (0 <= self.source_balance <= 1, "source_balance must be between 0 and 1"),
-                  (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
-                  (0 <= self.strip_p <= 1 and 0 <= self.artefact_p <= 1, "strip_p and artefact_p must be in [0, 1]"),
-                  (self.epoch_size >= 0, "epoch_size must be >= 0"),
-                  (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")]
+        unit = lambda v: 0 <= v <= 1  # noqa: E731
+        checks = [
+            (self.img_size >= 32, "img_size must be at least 32"),
+            (self.output_stride in (16, 32), "output_stride must be 16 or 32"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 2, "batch_size must be at least 2"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.backbone_lr is None or self.backbone_lr > 0, "backbone_lr must be > 0 (or None: the same as lr)"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.schedule in ("plateau", "onecycle"), f"schedule must be plateau or onecycle, got {self.schedule!r}"),
+            (self.patience >= 0, "patience must be >= 0 (0: no early stopping)"),
+            (0 < self.val_fraction < 1, "val_fraction must be between 0 and 1"),
+            (0 < self.dup_threshold <= 1, "dup_threshold must be in (0, 1]"),
+            (self.threads >= 0, "threads must be >= 0 (0: torch's choice)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (unit(self.curve_p), "curve_p must be in [0, 1]"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (unit(self.source_balance), "source_balance must be between 0 and 1"),
+            (self.epoch_size >= 0, "epoch_size must be >= 0"),
+            (unit(self.strip_p) and unit(self.artefact_p), "strip_p and artefact_p must be in [0, 1]"),
+            (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
+            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+            (self.max_images >= 0, "max_images must be >= 0 (0: all)"),
+        ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)

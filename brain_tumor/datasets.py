@@ -1,21 +1,17 @@
-"""Training data from several roots: layouts, sources and sequences, patient and near-duplicate groups, the split.
+"""Data roots: folder layouts, several roots as one collection (source, sequence, patient, masks), loading, sampling.
 
-A root is any layout ``data.find_splits`` accepts (class folders; ``Training/`` + ``Testing/``), or one level of
-sequence folders above class folders (``flair/glioma/x.jpg``, as the LGG segmentation set and the teaching-case
-set are laid out). Every image carries its *source* (the root's name), its *sequence* (the sequence folder's
-name, "" where the root has none) and, where the file names give one, its *patient* (``<case>_<slice>.jpg``).
-A root may hold only some classes; the classes of a run are the union over its roots, canonicalised through
-``config.CLASS_ALIASES``.
-
-Leakage: slices of one patient (any sequence) and near-duplicate slices (any root) form one group, and a group
-never straddles train and validation (``split``). Tumour masks (``<root>/masks/<stem>.png``) or YOLO boxes
-(``<stem>.txt`` beside the image) travel with their slices for the heat-map objective and its figures.
+One root is class folders or ``Training/`` + ``Testing/`` (``find_splits``), or one level of sequence folders
+above class folders (``flair/glioma/x.jpg``, as the LGG segmentation set and the teaching-case set are laid out).
+Every image carries its *source* (the root's name), its *sequence* (the sequence folder's name, "" where the
+root has none) and, where the file names give one, its *patient* (``<case>_<slice>.jpg``). A root may hold only
+some classes; the classes of a run are the union over its roots, canonicalised through ``config.CLASS_ALIASES``.
+Tumour masks (``<root>/masks/<stem>.png``) or YOLO boxes (``<stem>.txt`` beside the image) travel with their
+slices for the heat-map objective and its figures. The split by patient and near-duplicate groups is
+``splits.py``'s.
 """
 from __future__ import annotations
 
 import csv
-import itertools
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,14 +20,94 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import CLASS_ALIASES, canonical_class
+from .config import CLASS_ALIASES, DICOM_SUFFIXES, IMAGE_SUFFIXES, canonical_class
 from .metrics import box_mask
-from .data import (ImageReadError, _SPLIT_NAMES, apply_crop, connected_components, find_splits, grouped_split,
-                   list_images, near_duplicate_groups, prepare, read_image, thumbnail)
+from .decode import ImageReadError, PathLike, read_image
+from .preprocess import apply_crop, prepare, thumbnail
 
 _KNOWN_CLASSES = frozenset(CLASS_ALIASES)
 _CASE_SLICE = re.compile(r"^(?P<case>.+)_(?P<slice>\d+)$")
 
+
+# --------------------------------------------------------------------------------------- one root's layout
+
+@dataclass
+class ImageFolder:
+    """Images under class folders: paths, integer labels, and the class names (sorted folder names)."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+_SPLIT_NAMES = {"train": ("training", "train"), "test": ("testing", "test"), "val": ("validation", "val", "valid")}
+
+
+def is_image_file(path: Path) -> bool:
+    """Scan files by name: known image suffixes, .dcm, or no suffix (DICOM often has none)."""
+    if path.name.startswith("."):
+        return False
+    suffix = path.suffix.lower()
+    return suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES
+
+
+def list_images(folder: PathLike) -> list[Path]:
+    """Every scan file under a folder, walked recursively, in sorted order."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_class_folders(root: PathLike) -> ImageFolder:
+    """A root whose sub-folders are classes. Folder names are canonicalised (``glioma_tumor`` -> ``glioma``,
+    ``no`` -> ``notumor``, ``yes`` -> ``tumor``) so that class names travel consistently into the checkpoint."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    by_class: dict[str, list[Path]] = {}
+    for d in folders:
+        files = list_images(d)
+        if files:
+            by_class.setdefault(canonical_class(d.name), []).extend(files)
+    if len(by_class) < 2:
+        raise ValueError(f"{root} needs at least two class folders holding images "
+                         f"(e.g. glioma/ meningioma/ notumor/ pituitary/, or yes/ no/); found {[d.name for d in folders]}")
+    classes = sorted(by_class)
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        for p in sorted(by_class[c]):
+            paths.append(p)
+            labels.append(i)
+    return ImageFolder(paths, labels, classes)
+
+
+def find_splits(root: PathLike) -> dict[str, ImageFolder]:
+    """Read a dataset root: Kaggle style (``Training/``, ``Testing/``) or a plain root of class folders.
+
+    Returns ``{"train": ..., "test": ...}`` for the first, ``{"train": ...}`` for the second.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    subdirs = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    splits = {}
+    for split, names in _SPLIT_NAMES.items():
+        for n in names:
+            if n in subdirs:
+                splits[split] = read_class_folders(subdirs[n])
+                break
+    if splits:
+        if "train" not in splits:
+            raise ValueError(f"{root} has {sorted(splits)} split folders but no Training/ folder")
+        return splits
+    return {"train": read_class_folders(root)}
+
+
+# ------------------------------------------------------------------------------------ several roots at once
 
 @dataclass
 class Collection:
@@ -174,52 +250,7 @@ def read_roots(roots: Sequence[str]) -> tuple[Collection, Optional[Collection]]:
     return train, test
 
 
-# ------------------------------------------------------------------------------------------- groups and split
-
-def merge_groups(dup_groups: Sequence[int], patients: Sequence[str], sources: Sequence[str]) -> np.ndarray:
-    """Group ids joining near-duplicates and slices of one patient (of one source): connected components."""
-    first: dict[tuple, int] = {}
-    dup_edges = ((i, first.setdefault(("d", g), i)) for i, g in enumerate(dup_groups))
-    patient_edges = ((i, first.setdefault(("p", s, p), i)) for i, (s, p) in enumerate(zip(sources, patients)) if p)
-    return connected_components(len(dup_groups), itertools.chain(dup_edges, patient_edges))
-
-
-def previous_sides(col: Collection, split_json: Path) -> np.ndarray:
-    """Per image: 1 if an earlier split.json put it in validation, 0 in training, -1 if it does not list it.
-
-    Entries are ``source/path`` (this module's format) or, in the older single-root format, paths inside the root."""
-    info = json.loads(Path(split_json).read_text())
-    sides = {k: 0 for k in info.get("train", [])} | {k: 1 for k in info.get("val", [])}
-    out = np.full(len(col), -1, dtype=int)
-    for i in range(len(col)):
-        key = col.relpath(i)
-        inner = key.split("/", 1)[1]
-        out[i] = sides.get(key, sides.get(inner, -1)) if "roots" in info else sides.get(inner, -1)
-    return out
-
-
-def split(col: Collection, thumbs: np.ndarray, val_fraction: float, seed: int, dup_threshold: float,
-          fixed: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(is_validation per image, group id per image): whole groups on one side, stratified by source, sequence
-    and class (so that even a small sequence folder's class gets its share of validation images).
-
-    ``fixed`` (previous_sides): images an earlier model was trained or validated on keep their side, and so does
-    every group holding one (validation wins a tie), so continuing from that model never validates on its
-    training images; the other groups are split as usual."""
-    groups = merge_groups(near_duplicate_groups(thumbs, dup_threshold), col.patients, col.sources)
-    _, strata = np.unique([f"{g}/{c}" for g, c in zip(col.groups(), col.classes)], return_inverse=True)
-    if fixed is None or (fixed < 0).all():
-        return grouped_split(groups, strata, val_fraction, seed), groups
-    is_val = np.zeros(len(col), dtype=bool)
-    free = np.ones(len(col), dtype=bool)
-    for g in np.unique(groups[fixed >= 0]):
-        members = groups == g
-        is_val[members] = (fixed[members] == 1).any()
-        free[members] = False
-    if free.any():
-        is_val[free] = grouped_split(groups[free], strata[free], val_fraction, seed)
-    return is_val, groups
-
+# ------------------------------------------------------------------------------------------------ sampling
 
 def sampling_weights(col: Collection, balance: float) -> np.ndarray:
     """Per-image sampling weights: a (source, sequence) group of n images gets total weight n ** balance.
@@ -232,30 +263,6 @@ def sampling_weights(col: Collection, balance: float) -> np.ndarray:
     counts = Counter(keys)
     w = np.array([counts[k] ** balance / counts[k] for k in keys], dtype=np.float64)
     return w / w.sum()
-
-
-def write_split(path: Path, col: Collection, is_val: np.ndarray, groups: np.ndarray, **settings) -> None:
-    path.write_text(json.dumps({
-        **settings, "n_groups": int(groups.max() + 1) if len(groups) else 0, "roots": col.roots,
-        "train": [col.relpath(i) for i in range(len(col)) if not is_val[i]],
-        "val": [col.relpath(i) for i in range(len(col)) if is_val[i]],
-    }, indent=1))
-
-
-def read_split(folder: str, roots: Optional[dict[str, str]] = None) -> tuple[Collection, np.ndarray]:
-    """The images of a model folder's split.json as (collection, is_validation). ``roots`` overrides where each
-    source lies (source name -> folder), for a split written on another machine."""
-    info = json.loads((Path(folder) / "split.json").read_text())
-    where = {**info.get("roots", {}), **(roots or {})}
-    if not where:
-        raise ValueError(f"{folder}/split.json names no data roots; give them (source=DIR)")
-    every = Collection()
-    for name, root in where.items():
-        every.extend(read_root(root, name)[0])
-    position = {every.relpath(i): i for i in range(len(every))}
-    listed = [(k, False) for k in info["train"]] + [(k, True) for k in info["val"]]
-    listed = [(position[k], flag) for k, flag in listed if k in position]  # a file removed since is skipped
-    return every.take([i for i, _ in listed]), np.array([flag for _, flag in listed], dtype=bool)
 
 
 # ------------------------------------------------------------------------------------------------- loading
@@ -307,3 +314,22 @@ def read_yolo_box(path: Path) -> Optional[tuple[float, float, float, float]]:
     except (OSError, ValueError, IndexError):
         return None
     return (xc, yc, w, h) if w > 0 and h > 0 else None
+
+
+def load_prepared(paths: Sequence[PathLike], size: int, progress: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, list[Optional[str]]]:
+    """Decode each file once: (N x size x size uint8 prepared slices, N x 1024 thumbnails, errors per file)."""
+    from tqdm import tqdm
+
+    images = np.zeros((len(paths), size, size), dtype=np.uint8)
+    thumbs = np.zeros((len(paths), 1024), dtype=np.float32)
+    errors: list[Optional[str]] = [None] * len(paths)
+    for i, p in enumerate(tqdm(paths, desc="decoding", unit="img", disable=not progress, leave=False)):
+        try:
+            gray = read_image(p)
+        except ImageReadError as e:
+            errors[i] = str(e)
+            continue
+        images[i], _ = prepare(gray, size)
+        thumbs[i] = thumbnail(gray)
+    return images, thumbs, errors

@@ -1,12 +1,13 @@
-"""Training loop, validation, calibration: fit(), train_one_epoch(), validate(), evaluate_logits(), fit_temperature().
+"""The training loop, in named steps: fit() = load_data, sampling, build, resume, train_epochs, finish.
 
 Images of every data root are decoded and prepared once and held in memory as uint8; augmentation runs on
-whole batches as tensors. Each epoch draws its images with per-source weights (datasets.sampling_weights) so
-that no source dominates. The validation split is grouped by patient and near-duplicates (datasets.split)
-and saved as split.json beside the checkpoint; validation is reported per source and sequence, and the best
-epoch is the one with the best metrics.selection_score over those groups. Progress is saved after every epoch
+whole batches as tensors (train_one_epoch). Each epoch draws its images with per-source weights
+(datasets.sampling_weights) so that no source dominates; tumour masks feed the heat-map objective
+(localisation_loss). The validation split is grouped by patient and near-duplicates (splits.split) and saved as
+split.json beside the checkpoint; validation is reported per source and sequence (validate), and the best epoch
+is the one with the best metrics.selection_score over those groups. Progress is saved after every epoch
 (``<out>.train_state.pt`` beside the model folder, tensors only, loaded with weights_only=True), so Ctrl-C
-and the same command again resumes.
+and the same command again resumes. Calibration and the MRI detector are trust.py's.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import math
 import platform
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,15 +25,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import augment, strip_view  # noqa: F401  (strip_view: public here too)
+from .augment import augment, strip_view
 from .config import TrainConfig, use_bf16
-from .data import normalise
+from .preprocess import normalise
 from .distributed import World, setup, teardown
-from . import datasets
+from . import datasets, splits
 from .metrics import MIN_SUPPORT, format_group_table, group_reports, selection_score
 from .model import TumorClassifier, create_model, save_model
-from .trust import (evaluate_logits, extract, fit_temperature, predict_logits,  # noqa: F401  (public here too)
-                    record_calibration, sequence_proxy)
+from .trust import evaluate_logits, predict_logits, record_calibration, sequence_proxy
 
 STATE_NAME = "train_state.pt"
 RESUME_KEYS = ("data", "img_size", "init", "seed", "output_stride")  # a saved state resumes only the same run
@@ -184,21 +184,19 @@ def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, g
             "score": selection_score(by_group)}
 
 
-def _optimizer(model: TumorClassifier, cfg: TrainConfig):
+def make_optimizer(model: TumorClassifier, cfg: TrainConfig):
     backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr
     groups = [{"params": model.backbone_parameters(), "lr": backbone_lr},
               {"params": model.head_parameters(), "lr": cfg.lr}]
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
-def _scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     if cfg.schedule == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, epochs=cfg.epochs,
                                                    steps_per_epoch=steps_per_epoch, pct_start=0.2), True
-    if cfg.schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=2), False
-    raise ValueError(f"schedule must be 'plateau' or 'onecycle', got {cfg.schedule!r}")
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.3, patience=2), False
 
 
 def plot_history(history: list[dict], path: Path) -> None:
@@ -222,12 +220,11 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _save_state(path: Path, model, optimizer, scheduler, epoch: int, best: dict, history: list, gen, cfg) -> None:
+def _save_state(path: Path, model, optimizer, scheduler, progress: "Progress", gen, cfg) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "epoch": epoch, "generator": gen.get_state(),
-             "best_model": best.get("model"), "best_score": best.get("score", -1e9),
-             "best_epoch": best.get("epoch", -1),
-             "history": json.dumps(history), "config": json.dumps(asdict(cfg))}
+             "scheduler": scheduler.state_dict(), "epoch": progress.epoch, "generator": gen.get_state(),
+             "best_model": progress.best_model, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+             "history": json.dumps(progress.history), "config": json.dumps(asdict(cfg))}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: an interruption never leaves a half-written state
@@ -240,7 +237,7 @@ def state_file(out: Path) -> Path:
     return out.with_name(f"{out.name}.{STATE_NAME}")
 
 
-def _load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
+def load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
     """Read every root, decode once, split by groups; write nothing."""
     col, test = datasets.read_roots(cfg.data)
     if cfg.max_images and len(col) > cfg.max_images:
@@ -265,10 +262,10 @@ def _load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
         split_from = Path(cfg.init) / "split.json"
     fixed = None
     if split_from is not None:
-        fixed = datasets.previous_sides(col, split_from)
+        fixed = splits.previous_sides(col, split_from)
         log(f"split: {int((fixed >= 0).sum())} images keep their side from {split_from} "
             f"({int((fixed == 1).sum())} validation), so the initial model's training images are never validated on")
-    is_val, groups = datasets.split(col, thumbs, cfg.val_fraction, cfg.seed, cfg.dup_threshold, fixed)
+    is_val, groups = splits.split(col, thumbs, cfg.val_fraction, cfg.seed, cfg.dup_threshold, fixed)
     n_patients = len({(s, p) for s, p in zip(col.sources, col.patients) if p})
     log(f"split: {int((~is_val).sum())} train / {int(is_val.sum())} validation images, {groups.max() + 1} groups "
         f"(near-duplicates r >= {cfg.dup_threshold}, {n_patients} patients), none straddling; "
@@ -289,117 +286,163 @@ def _log_validation(log, epoch: int, tr: dict, val: dict, seconds: float) -> Non
 def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     """Train (or resume) a model as ``cfg`` says and write the model folder ``cfg.out``. Returns the folder.
 
-    ``command``, the command line that ran it, goes into the model card so the run can be reproduced.
+    The steps, each a function below: load_data (decode, split), sampling (weights per source), build (model,
+    optimizer, schedule), resume (a saved state of the same run), train_epochs (train, validate, keep the best,
+    save progress), finish (calibrate, score, write the model folder and its card). ``command``, the command line
+    that ran it, goes into the model card so the run can be reproduced.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    started = time.time()
     if not cfg.data:
         raise ValueError("no data roots given (--data DIR, repeatable)")
+    started = time.time()
     # fail before decoding anything when the initial weights cannot be had
     create_model(["a", "b"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
     world = setup(cfg.device)
+    log = log if world.main else (lambda *a, **k: None)
+    out = Path(cfg.out)
     try:
-        return _fit(cfg, world, log if world.main else (lambda *a, **k: None), command, out, started)
+        if world.size > 1:
+            log(f"distributed: {world.size} processes ({'NCCL' if world.device.type == 'cuda' else 'gloo'}), "
+                f"global batch {cfg.batch_size * world.size} ({cfg.batch_size} per process)")
+        data = load_data(cfg, log, progress=world.main)
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            splits.write_split(out / "split.json", data["col"], data["is_val"], data["groups"], seed=cfg.seed,
+                               dup_threshold=cfg.dup_threshold, val_fraction=cfg.val_fraction,
+                               grouping="patients (file names <case>_<slice>) and near-duplicates (32 x 32 "
+                                        "thumbnail correlation), connected components")
+        sets = split_tensors(data, world)
+        weights, share = sampling(sets["train_col"], cfg, log)
+        model, net, optimizer, (scheduler, per_step), scaler = build(cfg, data["classes"], len(sets["x_train"]),
+                                                                     world, log)
+        gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
+        torch.manual_seed(cfg.seed)
+        progress = resume(state_file(out), cfg, model, optimizer, scheduler, gen, world, log)
+        train_epochs(progress, cfg, model, net, optimizer, (scheduler, per_step), scaler, gen, sets, weights, world,
+                     log, out)
+        if world.main:
+            finish(progress, cfg, model, data, sets, share, world, log, out, command, started)
+        return out
     finally:
         teardown(world)
 
 
-def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: float) -> Path:
-    if world.size > 1:
-        log(f"distributed: {world.size} processes ({'NCCL' if world.device.type == 'cuda' else 'gloo'}), "
-            f"global batch {cfg.batch_size * world.size} ({cfg.batch_size} per process)")
-    d = _load_data(cfg, log, progress=world.main)
-    col, is_val, images, masks, labels = d["col"], d["is_val"], d["images"], d["masks"], d["labels"]
-    if world.main:
-        out.mkdir(parents=True, exist_ok=True)
-        datasets.write_split(out / "split.json", col, is_val, d["groups"], seed=cfg.seed,
-                             dup_threshold=cfg.dup_threshold, val_fraction=cfg.val_fraction,
-                             grouping="patients (file names <case>_<slice>) and near-duplicates (32 x 32 thumbnail "
-                                      "correlation), connected components")
-    train_col = col.subset(~is_val)
-    val_groups = [g for g, v in zip(col.groups(), is_val) if v]
-    x_train, y_train = torch.from_numpy(images[~is_val]), torch.from_numpy(labels[~is_val]).long()
-    m_train = torch.from_numpy(masks[~is_val])
-    x_val, y_val = torch.from_numpy(images[is_val]), torch.from_numpy(labels[is_val]).long()
-    m_val = torch.from_numpy(masks[is_val])
+def split_tensors(data: dict[str, Any], world: World) -> dict[str, Any]:
+    """The training and validation sides as tensors (uint8 slices, labels, masks) and the validation groups."""
+    is_val, images, masks, labels = data["is_val"], data["images"], data["masks"], data["labels"]
+    sets = {"train_col": data["col"].subset(~is_val),
+            "val_groups": [g for g, v in zip(data["col"].groups(), is_val) if v],
+            "x_train": torch.from_numpy(images[~is_val]), "y_train": torch.from_numpy(labels[~is_val]).long(),
+            "m_train": torch.from_numpy(masks[~is_val]),
+            "x_val": torch.from_numpy(images[is_val]), "y_val": torch.from_numpy(labels[is_val]).long(),
+            "m_val": torch.from_numpy(masks[is_val])}
+    if world.device.type == "cuda":  # pinned host memory: batches reach the GPU without a staging copy
+        for k in ("x_train", "y_train", "m_train"):
+            sets[k] = sets[k].pin_memory()
+    return sets
+
+
+def sampling(train_col: datasets.Collection, cfg: TrainConfig, log) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-image draw weights (datasets.sampling_weights) and each source/sequence group's share of the draws."""
     weights = torch.from_numpy(datasets.sampling_weights(train_col, cfg.source_balance))
     share: dict[str, float] = {}
     for g, w in zip(train_col.groups(), weights.tolist()):
         share[g] = share.get(g, 0.0) + w
     share = dict(sorted(share.items()))
-    log("sampling share per epoch (source balance " + f"{cfg.source_balance:g}): "
+    log(f"sampling share per epoch (source balance {cfg.source_balance:g}): "
         + ", ".join(f"{g} {v:.1%}" for g, v in share.items()))
+    return weights, share
 
-    if world.device.type == "cuda":  # pinned host memory: batches reach the GPU without a staging copy
-        x_train, y_train, m_train = x_train.pin_memory(), y_train.pin_memory(), m_train.pin_memory()
-    model = create_model(d["classes"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
+
+def build(cfg: TrainConfig, classes: list[str], n_train: int, world: World, log):
+    """(model, the network the steps run through (DDP-wrapped under torchrun), optimizer, (scheduler, stepped
+    per batch?), gradient scaler or None)."""
+    model = create_model(classes, init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
     model = model.to(world.device, memory_format=torch.channels_last)
     net = world.wrap(model, cfg.sync_bn)
-    dtype = autocast_dtype(cfg.precision, world.device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype(cfg.precision, world.device) == torch.float16 else None
     if cfg.init == "scratch" and cfg.backbone_lr is not None and cfg.backbone_lr < cfg.lr:
         log(f"note: training from scratch with a backbone learning rate of {cfg.backbone_lr}; "
             "pass --backbone-lr same to train every layer at --lr")
-    optimizer = _optimizer(model, cfg)
-    steps = math.ceil((cfg.epoch_size or len(x_train)) / cfg.batch_size)
-    scheduler, per_step = _scheduler(optimizer, cfg, steps)
-    gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
-    torch.manual_seed(cfg.seed)
-    history: list[dict] = []
-    best: dict[str, Any] = {"score": -1e9, "epoch": -1, "model": None}
-    start_epoch = 0
-    state_path = state_file(out)
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location=world.device)
-        saved_cfg = json.loads(state["config"])
-        defaults = asdict(TrainConfig())  # a state saved before a key existed had its default
-        saved = {k: saved_cfg.get(k, defaults[k]) for k in RESUME_KEYS}
-        if isinstance(saved["data"], str):
-            saved["data"] = [saved["data"]]
-        if saved != {k: asdict(cfg)[k] for k in RESUME_KEYS}:
-            raise ValueError(f"{state_path} belongs to a different run (data, img_size, init, seed or output stride differ); "
-                             "use another --out or delete it")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        start_epoch = int(state["epoch"])
-        history = json.loads(state["history"])
-        best = {"score": float(state["best_score"]), "epoch": int(state["best_epoch"]), "model": state["best_model"]}
-        log(f"resuming from {state_path} after epoch {start_epoch}")
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil((cfg.epoch_size or n_train) / cfg.batch_size))
+    return model, net, optimizer, scheduler, scaler
 
-    since_best = 0 if best["epoch"] < 0 else start_epoch - best["epoch"]
-    epoch = start_epoch
+
+@dataclass
+class Progress:
+    """Where a run stands: epochs done, their history, the best epoch so far (its score and weights)."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best_score: float = -1e9
+    best_epoch: int = -1
+    best_model: Optional[dict] = None
+    resumed_after: int = 0  # epochs a resumed run had done before this process (their time counts too)
+
+
+def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen: torch.Generator, world: World,
+           log) -> Progress:
+    """A fresh Progress, or the saved state of this same run (RESUME_KEYS must match) loaded into the model,
+    optimizer, schedule and generator."""
+    if not state_path.exists():
+        return Progress()
+    state = torch.load(state_path, weights_only=True, map_location=world.device)
+    saved_cfg = json.loads(state["config"])
+    defaults = asdict(TrainConfig())  # a state saved before a key existed had its default
+    saved = {k: saved_cfg.get(k, defaults[k]) for k in RESUME_KEYS}
+    if isinstance(saved["data"], str):
+        saved["data"] = [saved["data"]]
+    if saved != {k: asdict(cfg)[k] for k in RESUME_KEYS}:
+        raise ValueError(f"{state_path} belongs to a different run (data, img_size, init, seed or output stride "
+                         "differ); use another --out or delete it")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    log(f"resuming from {state_path} after epoch {int(state['epoch'])}")
+    return Progress(int(state["epoch"]), json.loads(state["history"]), float(state["best_score"]),
+                    int(state["best_epoch"]), state["best_model"], resumed_after=int(state["epoch"]))
+
+
+def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, scheduler, scaler, gen, sets, weights,
+                 world: World, log, out: Path) -> None:
+    """The epochs still to run: train one (train_one_epoch), validate on rank 0 (validate), keep the best by the
+    group score, save progress and curves, stop early after ``cfg.patience`` epochs without a better score."""
+    scheduler, per_step = scheduler
+    state_path = state_file(out)
+    since_best = 0 if progress.best_epoch < 0 else progress.epoch - progress.best_epoch
+    epoch = progress.epoch
     try:
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        for epoch in range(progress.epoch + 1, cfg.epochs + 1):
             t0 = time.time()
-            tr = train_one_epoch(model, x_train, y_train, optimizer, cfg, gen, scheduler if per_step else None,
-                                 desc=f"epoch {epoch}/{cfg.epochs}", masks=m_train, weights=weights, world=world,
-                                 net=net, scaler=scaler)
-            stop = 0.0
-            val_loss = float("nan")
+            tr = train_one_epoch(model, sets["x_train"], sets["y_train"], optimizer, cfg, gen,
+                                 scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}",
+                                 masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler)
+            stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions
-                val = validate(model, x_val, y_val, val_groups, m_val)
+                val = validate(model, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
                 val_loss = val["loss"]
                 row = {"epoch": epoch, "train_loss": tr["loss"], "train_loc_loss": tr["loc_loss"],
                        "train_acc": tr["acc"], "val_loss": val["loss"], "val_acc": val["pooled"]["accuracy"],
                        "val_tumor_sensitivity": val["pooled"]["tumor_sensitivity"], "val_score": val["score"],
                        "val_groups": val["groups"], "seconds": time.time() - t0,
                        "lr": optimizer.param_groups[-1]["lr"]}
-                history.append(row)
+                progress.history.append(row)
+                progress.epoch = epoch
                 _log_validation(log, epoch, tr, val, row["seconds"])
-                if val["score"] > best["score"]:
-                    best = {"score": val["score"], "epoch": epoch,
-                            "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                if val["score"] > progress.best_score:
+                    progress.best_score, progress.best_epoch = val["score"], epoch
+                    progress.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                     since_best = 0
                 else:
                     since_best += 1
-                _save_state(state_path, model, optimizer, scheduler, epoch, best, history, gen, cfg)
-                plot_history(history, out / "training_curves.png")
+                _save_state(state_path, model, optimizer, scheduler, progress, gen, cfg)
+                plot_history(progress.history, out / "training_curves.png")
                 stop = float(bool(cfg.patience and since_best >= cfg.patience))
             val_loss, stop = world.broadcast(val_loss), world.broadcast(stop)
+            progress.epoch = epoch
             if not per_step:
                 scheduler.step(val_loss)
             world.barrier()
@@ -411,45 +454,48 @@ def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: 
             f"{state_path}. Run the same command to resume.")
         raise
 
-    if not world.main:
-        return out
+
+def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world: World, log, out: Path,
+           command: str, started: float) -> None:
+    """The best epoch's weights, calibrated (temperature, abstention, MRI detector), scored (validation by group,
+    the inverted-contrast proxy, Testing/ where a root has one), described and written with its model card."""
+    x_train, y_train, x_val, y_val = sets["x_train"], sets["y_train"], sets["x_val"], sets["y_val"]
     model = model.cpu()
-    if best["model"] is not None:
-        model.load_state_dict(best["model"])
+    if progress.best_model is not None:
+        model.load_state_dict(progress.best_model)
     model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
-                                     "train/validation)", "best_epoch": best["epoch"],
+                                     "train/validation)", "best_epoch": progress.best_epoch,
                             "selection": "0.5 x mean + 0.5 x worst, over source/sequence groups, of the mean of "
                                          "accuracy, tumour sensitivity, specificity and (where masks exist) the "
                                          f"layer4 CAM pointing game, each counted where it rests on >= {MIN_SUPPORT} "
                                          "images"}
-    record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view,
-                       val_groups=val_groups)
+    record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view, val_groups=sets["val_groups"])
     temperature = model.config.temperature
     val = model.config.metrics["validation"]
-    final = validate(model, x_val, y_val, val_groups, m_val, temperature)
+    final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature)
     model.config.metrics["validation_groups"] = final["groups"]
     model.config.metrics["selection_score"] = final["score"]
     proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, temperature)
     model.config.metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity",
                                                                             "tumor_specificity")}
-    if d["test"] is not None:
+    if data["test"] is not None:
         log("scoring the Testing/ split")
-        test = d["test"]
+        test = data["test"]
         t_images, _, _, t_err = datasets.load(test, cfg.img_size)
-        keep = np.array([e is None for e in t_err])
-        known = np.array([c in d["classes"] for c in test.classes]) & keep
+        known = np.array([c in data["classes"] for c in test.classes]) & np.array([e is None for e in t_err])
         t_logits = predict_logits(model, torch.from_numpy(t_images[known]))
-        t_labels = torch.tensor([d["classes"].index(c) for c, k in zip(test.classes, known) if k])
+        t_labels = torch.tensor([data["classes"].index(c) for c, k in zip(test.classes, known) if k])
         model.config.metrics["test"] = evaluate_logits(t_logits, t_labels, model, temperature)
+    history = progress.history
     model.config.training = {
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("notes",)},
         "epochs_run": len(history), "history": history,
-        "seconds": round(time.time() - started, 1) + sum(h["seconds"] for h in history[:start_epoch]),
+        "seconds": round(time.time() - started, 1) + sum(h["seconds"] for h in history[:progress.resumed_after]),
         "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                     + (f"{world.size} x cuda {torch.cuda.get_device_name(world.device)}" if world.device.type == "cuda"
                        else f"CPU x {world.size} process(es)"),
-        "torch": torch.__version__, "data_images": len(col), "command": command,
-        "data_sources": {g: int(k) for g, k in sorted(Counter(col.groups()).items())},
+        "torch": torch.__version__, "data_images": len(data["col"]), "command": command,
+        "data_sources": {g: int(k) for g, k in sorted(Counter(data["col"].groups()).items())},
         "sampling_share": share, "forward_precision": forward_precision(cfg.precision, world.device),
         "world_size": world.size, "global_batch": cfg.batch_size * world.size,
     }
@@ -468,4 +514,3 @@ def _fit(cfg: TrainConfig, world: World, log, command: str, out: Path, started: 
         f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}, group score {final['score']:.4f}")
     log(format_group_table(final["groups"], extra=("pointing_game", "heat_in_mask")))
     log(f"wrote {out}")
-    return out

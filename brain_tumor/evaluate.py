@@ -20,7 +20,9 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .data import ImageFolder, ImageReadError, head_mask
+from .decode import ImageReadError
+from .preprocess import head_mask
+from .datasets import ImageFolder
 from .inference import BF16_ANSWER_HELP, Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, format_group_table,
                       group_reports, reliability, risk_coverage, roc_curve, tumor_probability, tumor_scores)
@@ -43,7 +45,8 @@ def match_classes(folder: ImageFolder, model_classes: Sequence[str]) -> tuple[st
 def read_labelled(data: Union[str, Sequence[str]], split: Optional[str] = None) -> tuple[ImageFolder, list[str]]:
     """The labelled images of one or more roots (any layout datasets.read_root accepts), as an ImageFolder and
     each image's group ('source/sequence'). ``split``: only the validation images that split.json lists."""
-    from .datasets import previous_sides, read_roots
+    from .datasets import read_roots
+    from .splits import previous_sides
 
     col, _ = read_roots([data] if isinstance(data, str) else list(data))
     if split is not None:

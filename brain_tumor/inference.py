@@ -1,8 +1,8 @@
 """Predictor: the model loaded once, and predictions with heat maps for slices, batches and files.
 
 The CLI (predict.py, evaluate.py) and the app all go through ``Predictor``, so they share one
-preprocessing path (data.prepare) and one heat-map path (explain.OnePass, autograd from the same forward pass). Model work is serialised
-by a lock: heat-map hooks live on the shared network, so two requests must never interleave there.
+preprocessing path (preprocess.prepare) and one heat-map path (explain.OnePass: autograd from the same forward
+pass). Model work is serialised by a lock: heat-map hooks live on the shared network, so two requests must never interleave there.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .config import native_bf16, use_bf16
-from .data import Crop, ImageReadError, apply_crop, prepare, read_image, to_tensor, uncrop
+from .decode import ImageReadError, read_image
+from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
 from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, layer_stride, recentre, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank

@@ -56,7 +56,7 @@ class ModelConfig:
                 "crop_min_threshold, largest component), crop_margin on each side, zero padding",
         "resize": "area (down) / bilinear (up) to img_size",
         "channels": "grayscale repeated on 3 channels, normalised by mean/std",
-        **PREPROCESSING,  # the numbers data.prepare reads (an older config without them: these same values)
+        **PREPROCESSING,  # the numbers preprocess.prepare reads (an older config without them: these same values)
     })
     abstain_below: float = 0.0  # calibrated confidence below which the answer is 'uncertain - needs review'
     ood_threshold: float = 0.0  # Mahalanobis distance above which a slice does not look like a brain MRI; 0 = off
@@ -107,7 +107,7 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
-    from .data import preprocessing_settings
+    from .preprocess import preprocessing_settings
 
     try:
         preprocessing_settings(d.get("preprocessing") if isinstance(d.get("preprocessing"), dict) else None)

@@ -22,7 +22,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .data import ImageReadError, is_image_file, read_image
+from .decode import ImageReadError, read_image
+from .datasets import is_image_file
 from .explain import check_method
 from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
 from .model import ModelLoadError

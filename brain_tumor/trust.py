@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import normalise
+from .preprocess import normalise
 from .metrics import classification_report
 from .model import TumorClassifier
 
@@ -134,7 +134,7 @@ def non_mri_images(seed: int = 0, size: int = 256) -> list[tuple[str, np.ndarray
     Photos and drawings (scikit-image's and matplotlib's samples, if installed), CT and ultrasound from
     pydicom's test files, text, screenshots-like layouts, blank and noise images, gradients, patterns.
     """
-    from .data import ImageReadError, read_image
+    from .decode import ImageReadError, read_image
 
     rng = np.random.default_rng(seed)
     out: list[tuple[str, np.ndarray]] = []
@@ -236,7 +236,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
     ``extra_view`` (a transform of N x 1 x S x S slices in [0, 1], e.g. skull stripping) adds that view of every
     training and validation slice to the detector's fit and threshold, so inputs of that kind pass as MRIs.
     ``val_groups`` (source/sequence per validation slice) gives the share flagged per group."""
-    from .data import prepare
+    from .preprocess import prepare
     from .metrics import error_at_coverage, expected_calibration_error
 
     _, f_train = extract(model, x_train)
@@ -312,7 +312,7 @@ def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, v
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from . import datasets
+    from . import datasets, splits
     from .augment import strip_view
     from .hub import write_model_card
     from .model import load_model, save_model
@@ -335,12 +335,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if "roots" in info:
             overrides = dict(d.split("=", 1) for d in args.data if "=" in d)
-            col, is_val = datasets.read_split(str(folder), overrides)
+            col, is_val = splits.read_split(str(folder), overrides)
         else:  # older single-root split.json: paths inside the root given by --data
             if len(args.data) != 1:
                 raise ValueError("this split.json names no roots: give the folder it was made from with --data DIR")
             col, _ = datasets.read_root(args.data[0])
-            sides = datasets.previous_sides(col, folder / "split.json")
+            sides = splits.previous_sides(col, folder / "split.json")
             col, is_val = col.subset(sides >= 0), sides[sides >= 0] == 1
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from .config import MAX_FILE_BYTES
-from .data import ImageReadError, _check_decoder, _first, _read_bytes, _short
+from .decode import ImageReadError, check_decoder, first_number, read_bytes, short_reason
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zip")
 MAX_VOXELS = 48_000_000  # refuse volumes whose header claims more (memory: 4 bytes a voxel while windowing)
@@ -58,7 +58,7 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], max_bytes: int = MA
 
     Raises ImageReadError with a plain reason for anything that is not such a volume."""
     if not isinstance(source, (str, Path)):
-        files = [(Path(p).name, _read_bytes(p, max_bytes)[0]) for p in source]
+        files = [(Path(p).name, read_bytes(p, max_bytes)[0]) for p in source]
         return read_dicom_series(files, name=f"{len(files)} DICOM files")
     path = Path(source)
     lower = path.name.lower()
@@ -74,7 +74,7 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], max_bytes: int = MA
 def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
     import nibabel as nib
 
-    data, name = _read_bytes(path, max_bytes)  # size and existence checked, as for slices
+    data, name = read_bytes(path, max_bytes)  # size and existence checked, as for slices
     raw = _gunzip(data) if data[:2] == b"\x1f\x8b" else data
     image, error = None, None
     for kind in (nib.Nifti1Image, nib.Nifti2Image):
@@ -84,7 +84,7 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
         except Exception as e:  # nibabel raises many kinds on a file that is not its format
             error = e
     if image is None:
-        raise ImageReadError(f"not a readable NIfTI file ({_short(error)})")
+        raise ImageReadError(f"not a readable NIfTI file ({short_reason(error)})")
     shape = tuple(int(s) for s in image.shape)
     notes = []
     if len(shape) == 2:
@@ -98,7 +98,7 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
         values = np.asarray(proxy[(slice(None),) * 3 + (0,) * (len(image.shape) - 3)] if len(image.shape) > 3
                             else proxy, dtype=np.float32)
     except Exception as e:
-        raise ImageReadError(f"corrupt or truncated NIfTI data ({_short(e)})") from None
+        raise ImageReadError(f"corrupt or truncated NIfTI data ({short_reason(e)})") from None
     if len(image.shape) > 3:
         notes.append(f"a {len(image.shape)}-D image: its first 3-D volume is shown")
     values = values.reshape(shape[:3])
@@ -128,12 +128,12 @@ def _gunzip(data: bytes) -> bytes:
 
 def _unzip(path: Path, max_bytes: int) -> list[tuple[str, bytes]]:
     """The files of a zip, in memory (nothing is extracted to disk, so member names cannot reach outside)."""
-    data, _ = _read_bytes(path, max_bytes)
+    data, _ = read_bytes(path, max_bytes)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = [m for m in archive.infolist() if not m.is_dir() and not _hidden(m.filename)]
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ImageReadError(f"not a readable zip file ({_short(e)})") from None
+        raise ImageReadError(f"not a readable zip file ({short_reason(e)})") from None
     if not members:
         raise ImageReadError("the zip file holds no files")
     if len(members) > MAX_SERIES_FILES:
@@ -148,7 +148,7 @@ def _unzip(path: Path, max_bytes: int) -> list[tuple[str, bytes]]:
             with archive.open(m) as f:
                 content = f.read(max_bytes + 1)  # the stream stops at the declared size; a lying header cannot grow it
         except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, RuntimeError, EOFError) as e:
-            raise ImageReadError(f"corrupt zip member {Path(m.filename).name!r} ({_short(e)})") from None
+            raise ImageReadError(f"corrupt zip member {Path(m.filename).name!r} ({short_reason(e)})") from None
         total += len(content)
         if len(content) > max_bytes or total > MAX_UNZIPPED_BYTES:
             raise ImageReadError(f"the zip file unpacks to more than {MAX_UNZIPPED_BYTES / 1e6:.0f} MB")
@@ -200,28 +200,28 @@ def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Vol
         normal = np.cross(geometry[0][0][:3], geometry[0][0][3:])
         order = np.argsort([float(np.dot(g[1], normal)) for g in geometry], kind="stable")
     else:
-        order = np.argsort([int(_first(ds.get("InstanceNumber")) or 0) for _, ds in slices], kind="stable")
+        order = np.argsort([int(first_number(ds.get("InstanceNumber")) or 0) for _, ds in slices], kind="stable")
         notes.append("the slices carry no position/orientation: ordered by instance number, shown as stored")
     slices = [slices[i] for i in order]
     geometry = [geometry[i] for i in order]
 
     planes = []
     for fname, ds in slices:
-        _check_decoder(ds)
+        check_decoder(ds)
         try:
             arr = np.asarray(pixel_array(ds), dtype=np.float32)
         except Exception as e:
-            raise ImageReadError(f"corrupt DICOM pixel data in {Path(fname).name!r} ({_short(e)})") from None
+            raise ImageReadError(f"corrupt DICOM pixel data in {Path(fname).name!r} ({short_reason(e)})") from None
         if arr.ndim != 2:
             raise ImageReadError(f"{Path(fname).name!r} is not a grayscale slice (pixel array {arr.shape})")
-        slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+        slope, intercept = first_number(ds.get("RescaleSlope")), first_number(ds.get("RescaleIntercept"))
         if slope is not None and intercept is not None and math.isfinite(slope) and math.isfinite(intercept):
             arr = arr * slope + intercept
         planes.append(arr)
     values = np.stack(planes, -1).transpose(1, 0, 2)  # (column, row, slice): voxel i, j, k
     first = slices[0][1]
     window = None
-    center, width = _first(first.get("WindowCenter")), _first(first.get("WindowWidth"))
+    center, width = first_number(first.get("WindowCenter")), first_number(first.get("WindowWidth"))
     if center is not None and width is not None and math.isfinite(center) and 1 < width < math.inf:
         window = (center - width / 2, center + width / 2)
     invert = str(first.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
@@ -234,7 +234,7 @@ def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Vol
         if len(geometry) > 1:
             lps[:3, 2] = (geometry[-1][1] - geometry[0][1]) / (len(geometry) - 1)
         else:
-            lps[:3, 2] = np.cross(cosines[:3], cosines[3:]) * float(_first(first.get("SliceThickness")) or 1.0)
+            lps[:3, 2] = np.cross(cosines[:3], cosines[3:]) * float(first_number(first.get("SliceThickness")) or 1.0)
         lps[:3, 3] = geometry[0][1]
         affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
         if abs(np.linalg.det(affine[:3, :3])) < 1e-9:  # every slice at one position

@@ -54,3 +54,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture()
 def class_folders(tmp_path) -> Path:
     return write_class_folders(tmp_path / "data")
+
+
+def dicom_dataset(patient_name: str, patient_id: str, sop=None, syntax=None, modality: str = "MR"):
+    """A pydicom Dataset with its file meta, SOP identity, modality and patient fields (for the tests' DICOM
+    writers: each adds its own pixels and geometry)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop or MRImageStorage, generate_uid()
+    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.PatientID = modality, patient_name, patient_id
+    return ds

@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 
 from brain_tumor.config import MAX_FILE_BYTES
-from brain_tumor.data import read_image
+from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model, save_model
+from conftest import dicom_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
@@ -69,17 +70,7 @@ def confidences(label: dict) -> dict[str, float]:
 
 def write_dicom(path: Path, frames: list[np.ndarray], photometric: str = "MONOCHROME2", preamble: bool = True) -> Path:
     """16-bit MR DICOM (12 bits stored) whose window maps the pixels back to the given 8-bit slices exactly."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientName, ds.PatientID = "MR", SECRET, "SECRET-ID-4711"
+    ds = dicom_dataset(SECRET, "SECRET-ID-4711")
     ds.Rows, ds.Columns = frames[0].shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -217,7 +208,7 @@ def test_multiframe_dicom_frame_is_selectable(client, tmp_path):
 
 
 def test_a_session_re_picks_a_slice_after_its_upload_is_deleted(app, tmp_path):
-    from brain_tumor.data import ImageReadError
+    from brain_tumor.decode import ImageReadError
 
     grays = [read_image(p) for p in EXAMPLES[:3]]
     upload = Path(app.TEMP_DIR, "upload-test", "series.dcm")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from brain_tumor import augment as A
-from brain_tumor.data import prepare
+from brain_tumor.preprocess import prepare
 from conftest import synthetic_slice
 
 

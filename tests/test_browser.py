@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from brain_tumor.data import read_image
+from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,8 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from brain_tumor.data import (apply_crop, find_splits, grouped_split, head_crop, head_mask, near_duplicate_groups,
-                              prepare, read_class_folders, thumbnail, to_tensor, uncrop)
+from brain_tumor.preprocess import apply_crop, head_crop, head_mask, prepare, thumbnail, to_tensor, uncrop
+from brain_tumor.datasets import find_splits, read_class_folders
+from brain_tumor.splits import grouped_split, near_duplicate_groups
 from conftest import CLASSES, synthetic_slice, write_class_folders
 
 
@@ -141,7 +142,7 @@ def test_preprocessing_settings_travel_with_the_checkpoint(tmp_path):
     import json
 
     from brain_tumor.config import PREPROCESSING
-    from brain_tumor.data import prepare, preprocessing_settings
+    from brain_tumor.preprocess import prepare, preprocessing_settings
     from brain_tumor.inference import Predictor
     from brain_tumor.model import ModelLoadError, create_model, load_model, save_model
     from conftest import synthetic_slice

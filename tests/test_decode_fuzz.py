@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from brain_tumor.data import ImageReadError, read_image
+from brain_tumor.decode import ImageReadError, read_image
 from test_hostile_inputs import SECRETS, dicom, encode, first_frame_gif, slice_, two_page_tiff
 from PIL import Image
 

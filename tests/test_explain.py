@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from brain_tumor.data import to_tensor
+from brain_tumor.preprocess import to_tensor
 from brain_tumor.explain import HEAT_FLOOR, OnePass, compute_with_library, layer_stride, overlay, recentre, upsample
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model

@@ -20,8 +20,8 @@ from PIL import Image
 
 from brain_tumor import predict
 from brain_tumor.config import MAX_FILE_BYTES, MAX_PIXELS
-from brain_tumor.data import ImageReadError, read_image
-from conftest import ROOT, synthetic_slice
+from brain_tumor.decode import ImageReadError, read_image
+from conftest import ROOT, dicom_dataset, synthetic_slice
 
 SECRETS = ("Secretname", "Jane", "PID-7741-SECRET", "19010203")  # DICOM patient fields: never echoed
 
@@ -84,23 +84,16 @@ def dicom(pixels, photometric: str = "MONOCHROME2", bits_stored: int | None = No
           window=None, rescale=None, syntax=None, pixel_data: bytes | None = None, sop=None,
           bits_allocated: int | None = None) -> bytes:
     """A DICOM file with recognisable patient fields; ``pixels`` None gives a structured report."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import BasicTextSRStorage, MRImageStorage
 
     sop = sop or (MRImageStorage if pixels is not None else BasicTextSRStorage)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
-    meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Secretname^Jane", "PID-7741-SECRET", "19010203"
+    ds = dicom_dataset("Secretname^Jane", "PID-7741-SECRET", sop=sop, syntax=syntax,
+                       modality="MR" if pixels is not None else "SR")
+    ds.PatientBirthDate = "19010203"
     if pixels is None:
-        ds.Modality = "SR"
         ds.ValueType, ds.ContentSequence = "CONTAINER", []
     else:
         arr = np.asarray(pixels)
-        ds.Modality = "MR"
         ds.Rows, ds.Columns = arr.shape[-2:]
         if arr.ndim == 3:
             ds.NumberOfFrames = arr.shape[0]
@@ -282,7 +275,7 @@ def decode_in_fresh_process(path: Path) -> tuple[str, float, float]:
     code = ("import resource, sys, time, types\n"
             "sys.modules['brain_tumor'] = types.ModuleType('brain_tumor')  # skip the package's torch import\n"
             "sys.modules['brain_tumor'].__path__ = ['brain_tumor']\n"
-            "from brain_tumor.data import read_image, ImageReadError\n"
+            "from brain_tumor.decode import read_image, ImageReadError\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; t = time.perf_counter()\n"
             "try:\n    print('decoded', read_image(sys.argv[1]).shape)\n"
             "except ImageReadError as e:\n    print('refused', e)\n"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from brain_tumor.data import to_tensor
+from brain_tumor.preprocess import to_tensor
 from brain_tumor.model import ModelLoadError, create_model, load_model, resolve_source, save_model
 from conftest import CLASSES, ROOT, synthetic_slice
 

@@ -11,6 +11,7 @@ import torch
 
 import train
 from brain_tumor import evaluate, metrics, predict
+from brain_tumor.config import TrainConfig
 from brain_tumor.model import load_model
 from conftest import CLASSES, write_class_folders
 
@@ -107,6 +108,22 @@ def test_yes_no_layout_trains_a_two_class_model(tmp_path):
 def test_bad_training_arguments_give_a_message(tmp_path, capsys):
     assert train.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), *TINY]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--lr", "-1", "--lr must be > 0"), ("--backbone-lr", "0", "--backbone-lr must be > 0"),
+    ("--dup-threshold", "1.5", "--dup-threshold must be in (0, 1]"), ("--curve-p", "2", "--curve-p must be in [0, 1]"),
+    ("--label-smoothing", "1", "--label-smoothing must be in [0, 1)"), ("--patience", "-1", "--patience must be >= 0"),
+    ("--weight-decay", "-0.1", "--weight-decay must be >= 0"), ("--img-size", "8", "--img-size must be at least 32"),
+])
+def test_every_training_option_is_checked_by_the_config(tmp_path, capsys, flag, value, words):
+    with pytest.raises(SystemExit):  # the flag named in the message, before any data is read
+        train.main(["--data", str(tmp_path / "missing"), flag, value])
+    assert words in capsys.readouterr().err
+    field = flag[2:].replace("-", "_")  # direct callers of engine.fit get the same rule from TrainConfig
+    number = int(value) if field in ("img_size", "patience") else float(value)
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(data=[str(tmp_path)], **{field: number})
 
 
 def test_predict_reports_errors_in_place_and_writes_heatmaps(class_folders, tiny_model_dir, tmp_path, capsys):

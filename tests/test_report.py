@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brain_tumor import predict
-from brain_tumor.data import read_image
+from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
 from brain_tumor.report import report_bytes, safe_name
 from brain_tumor.verdict import ANSWERED, NOT_ASSESSED, NOT_MRI, REVIEW, decide

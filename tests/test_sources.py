@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import train
-from brain_tumor import datasets, evaluate, metrics
+from brain_tumor import datasets, evaluate, metrics, splits
 from brain_tumor.config import TrainConfig
-from brain_tumor.engine import cam_pointing, localisation_loss, strip_view
+from brain_tumor.augment import strip_view
+from brain_tumor.engine import cam_pointing, localisation_loss
 from brain_tumor.model import create_model, load_model
 from conftest import CLASSES, synthetic_slice, write_class_folders
 
@@ -68,7 +69,7 @@ def test_a_patient_never_straddles_the_split(tmp_path):
     col, _ = datasets.read_root(str(write_lgg_like(tmp_path / "lgg", patients=10)))
     _, thumbs, _, _ = datasets.load(col, 64, progress=False)
     for seed in range(5):
-        is_val, groups = datasets.split(col, thumbs, 0.3, seed, 0.95)
+        is_val, groups = splits.split(col, thumbs, 0.3, seed, 0.95)
         assert is_val.any() and not is_val.all()
         for p in set(col.patients):
             sides = {bool(v) for v, q in zip(is_val, col.patients) if q == p}
@@ -82,10 +83,10 @@ def test_an_earlier_split_keeps_its_sides(tmp_path):
     old = {"train": [col.relpath(i).split("/", 1)[1] for i in range(0, len(col), 2)],
            "val": [col.relpath(i).split("/", 1)[1] for i in range(1, len(col), 4)]}
     (tmp_path / "split.json").write_text(json.dumps(old))  # the older single-root format
-    fixed = datasets.previous_sides(col, tmp_path / "split.json")
+    fixed = splits.previous_sides(col, tmp_path / "split.json")
     assert (fixed[::2] == 0).all() and (fixed[1::4] == 1).all()
     _, thumbs, _, _ = datasets.load(col, 64, progress=False)
-    is_val, _ = datasets.split(col, thumbs, 0.3, 0, 0.999, fixed)
+    is_val, _ = splits.split(col, thumbs, 0.3, 0, 0.999, fixed)
     assert not is_val[::2].any() and is_val[1::4].all()
 
 
@@ -106,7 +107,7 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     split = json.loads((out / "split.json").read_text())
     assert set(split["roots"]) == {"kaggle", "lgg"}
     assert not set(split["train"]) & set(split["val"])
-    col, is_val = datasets.read_split(str(out))
+    col, is_val = splits.read_split(str(out))
     assert len(col) == 16 + 24 and is_val.sum() == len(split["val"])
     assert load_model(str(out)).targets == CLASSES
     from brain_tumor import trust
@@ -190,14 +191,14 @@ def test_heat_map_objective_moves_the_map_into_a_planted_box():
 
 def test_detector_passes_skull_stripped_slices_and_flags_photos():
     from brain_tumor.trust import calibrate, non_mri_images
-    from brain_tumor.data import prepare
+    from brain_tumor.preprocess import prepare
 
     torch.manual_seed(0)
     model = create_model(["glioma", "notumor"], init="scratch", img_size=64).eval()
     x = torch.from_numpy(np.stack([prepare(synthetic_slice(i, 96, tumor=i % 2 == 0), 64)[0] for i in range(80)]))
     y = torch.tensor([i % 2 for i in range(80)])
     calibrate(model, x[:60], y[:60], x[60:], y[60:], measure_negatives=False, extra_view=strip_view)
-    from brain_tumor.engine import extract
+    from brain_tumor.trust import extract
     stripped = extract(model, x[60:], transform=strip_view)[1]
     assert (model.ood_distance(stripped) <= model.config.ood_threshold).float().mean() >= 0.9
     photos = [g for name, g in non_mri_images() if name.startswith("skimage:")]  # photographs

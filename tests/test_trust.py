@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from brain_tumor.data import prepare
-from brain_tumor.engine import fit_temperature
+from brain_tumor.preprocess import prepare
+from brain_tumor.trust import fit_temperature
 from brain_tumor.inference import NOT_MRI, Predictor
 from brain_tumor.model import create_model
 from brain_tumor.trust import calibrate, choose_abstain_threshold, fit_ood, non_mri_images

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brain_tumor.data import ImageReadError, read_image
+from brain_tumor.decode import ImageReadError, read_image
 from brain_tumor.volume import MAX_SERIES_FILES, is_volume, read_dicom_series, read_volume
+from conftest import dicom_dataset
 
 
 def phantom() -> np.ndarray:
@@ -36,8 +37,7 @@ def check_radiological(vol, d):
 def write_series(folder: Path, d: np.ndarray, shuffle: bool = True, spacing=(1.0, 1.0, 2.0)) -> list[Path]:
     """An axial MR series (LPS, rows toward posterior, columns toward the patient's left) of RAS volume d, as
     16-bit slices with a rescale; files named so that name order is not slice order."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    from pydicom.uid import generate_uid
 
     folder.mkdir(parents=True, exist_ok=True)
     series = generate_uid()
@@ -45,14 +45,8 @@ def write_series(folder: Path, d: np.ndarray, shuffle: bool = True, spacing=(1.0
     order = np.random.default_rng(1).permutation(d.shape[2]) if shuffle else range(d.shape[2])
     for n, k in enumerate(order):
         plane = d[::-1, ::-1, k].T  # pixel (r, c): LPS x = c (left), y = r (posterior)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID, series
-        ds.Modality, ds.PatientName, ds.PatientID = "MR", "SECRET^PATIENT", "SECRET-ID"
+        ds = dicom_dataset("SECRET^PATIENT", "SECRET-ID")
+        ds.SeriesInstanceUID = series
         ds.Rows, ds.Columns = plane.shape
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
