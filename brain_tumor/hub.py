@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .model import CONFIG_NAME, WEIGHTS_NAME, ModelConfig
+from .verdict import DISCLAIMER
 
 _UPLOAD_PATTERNS = ["*.json", "*.safetensors", "*.md", "*.png"]
 
@@ -166,7 +167,7 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
     lines = [
         f"# Brain MRI tumour classifier (ResNet18, {config.img_size} px)",
         "",
-        "**Research demo, not a diagnostic device.** It must not be used to make clinical decisions.",
+        "**" + DISCLAIMER.replace(" It", "** It", 1),
         "",
         f"Classes: {', '.join(config.class_names)}. Input: one 2-D MRI slice (JPEG/PNG/DICOM), converted to "
         f"grayscale, cropped to the head, resized to {config.img_size} x {config.img_size}.",
