@@ -38,7 +38,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, write_json
+from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, take_turns, write_json
 
 OPTIONS = ("ours", "nchw", "no_grad", "1-thread", "bf16-autocast", "torchscript", "onnxruntime", "torch.compile",
            "int8")
@@ -191,23 +191,6 @@ def calibration_files(folder: Optional[str], model_source: str, n: int, seed: in
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
-def time_rounds(forwards: dict[str, Forward], x: torch.Tensor, rounds: int, warmup: int = 5) -> dict[str, list[float]]:
-    """Seconds of each option's forward pass on ``x``, ``rounds`` times, the options taking turns (the order
-    rotating each round) so that a machine speeding up or slowing down mid-run moves every option alike."""
-    for fwd in forwards.values():
-        for _ in range(warmup):
-            fwd(x)
-    names = list(forwards)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            forwards[name](x)
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help=MODEL_HELP)
@@ -295,8 +278,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             results[name]["calibration_slices"] = len(cal_images)
 
     print(f"  timing {len(forwards)} options, taking turns ...", flush=True)
-    single = time_rounds(forwards, one, args.repeats)
-    folder = time_rounds(forwards, full, 5, warmup=1)
+    single = take_turns(forwards, [one] * args.repeats, warmup=[one] * 5)
+    folder = take_turns(forwards, [full] * 5, warmup=[full])
     for name in forwards:
         results[name]["batch1_ms"] = 1000 * float(np.median(single[name]))
         results[name]["batch32_images_per_s"] = len(full) / float(np.median(folder[name]))
