@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # Uploads live in a private folder (mode 0700) that is removed at exit, unless the user chose one.
 if not os.environ.get("GRADIO_TEMP_DIR"):
@@ -247,8 +247,11 @@ Heat shows where the evidence for the explained class lies, relative to this sli
 
 # ------------------------------------------------------------------------------------------------ the app
 
-def build_demo(predictor: Predictor) -> gr.Blocks:
-    """The Blocks app for one loaded model. Labels come from the model's config, never from this file."""
+def build_demo(predictor: Predictor, predict_fn: Optional[Callable] = None) -> gr.Blocks:
+    """The Blocks app for one loaded model. Labels come from the model's config, never from this file.
+
+    ``predict_fn`` answers /predict and the slice, method and class controls in place of the model's ``predict``
+    (same arguments and outputs); benchmarks/null_app.py passes one that does no work."""
 
     def answer(scan: dict, frame, method, target, state):
         """(decoded slice, prediction with heat map, state) for the upload; gr.Error with a reason otherwise."""
@@ -386,8 +389,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             gr.Markdown(card_markdown(predictor))
 
         inputs = [scan, frame, method, target, opacity, state]
-        model_io = dict(fn=predict, inputs=inputs, outputs=[label, heat, view, answer_text, state], preprocess=False,
-                        concurrency_limit=1, concurrency_id="model")
+        model_io = dict(fn=predict_fn or predict, inputs=inputs, outputs=[label, heat, view, answer_text, state],
+                        preprocess=False, concurrency_limit=1, concurrency_id="model")
         # preprocess=False: the handler gets the upload's FileData (Gradio has already checked that it lies in
         # the upload folder); gr.File(type="filepath").preprocess would leave an empty temp file per call.
         scan.change(preview, [scan, state], [frame, view, scan_button, plot, state], preprocess=False,

@@ -35,7 +35,7 @@ from benchmarks._harness import (EXAMPLES, MODEL_HELP, describe_machine, machine
                                  table, write_json)
 from benchmarks._server import APP, App, MemorySampler, make_client, predict
 
-NULL_APP = Path(__file__).with_name("null_app.py")
+NULL_APP = "benchmarks.null_app"
 
 SOAK_BASE = 50  # the soak check compares RSS after this many requests with RSS after all of them
 
@@ -73,10 +73,10 @@ def time_requests(client, paths: list[Path], n: int, timeout: float, errors: lis
     return latencies
 
 
-def time_null_app(paths: list[Path], n: int, timeout: float, errors: list[str]) -> dict:
+def time_null_app(paths: list[Path], n: int, timeout: float, errors: list[str], model: Optional[str]) -> dict:
     """p50/p95 of /predict round trips to benchmarks/null_app.py (no work behind the API), default client and
     client given one SSL context."""
-    with App(app=NULL_APP) as null:
+    with App(model=model, app=NULL_APP) as null:
         default, _, _ = null.wait_for_answer(paths[0])
         light = make_client(null.url, null.download_dir(), ssl_verify=ssl.create_default_context())
         predict(light, paths[0], timeout=timeout)  # warm-up, as the default client's first answer
@@ -178,9 +178,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     null = None
     if not args.no_null_app:
-        print(f"  the same requests to {NULL_APP.name} (no work behind the API) ...", flush=True)
+        print(f"  the same requests to {NULL_APP} (no work behind the API) ...", flush=True)
         try:
-            null = time_null_app(paths, args.requests, args.request_timeout, errors)
+            null = time_null_app(paths, args.requests, args.request_timeout, errors, args.model)
         except Exception as e:  # noqa: BLE001 - the app's figures above are still reported
             errors.append(f"null app: {type(e).__name__}: {str(e)[:300]}")
 
