@@ -6,7 +6,6 @@ Memory comes from /proc (VmRSS now, VmHWM the peak), summed over the app and its
 from __future__ import annotations
 
 import os
-import ssl  # noqa: F401  (named in a type hint)
 import shutil
 import signal
 import socket
@@ -88,13 +87,11 @@ class MemorySampler(threading.Thread):
         return self.peak_mb
 
 
-def make_client(url: str, download_dir: os.PathLike | str, ssl_verify: "bool | ssl.SSLContext" = True):
-    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``. ``ssl_verify`` may be
-    an ``ssl.SSLContext`` made once: gradio_client hands it to each httpx client it opens, which then verifies
-    certificates with it instead of loading the CA bundle again."""
+def make_client(url: str, download_dir: os.PathLike | str):
+    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``."""
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir), ssl_verify=ssl_verify)
+    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir))
 
 
 def predict(client, path, timeout: Optional[float] = 120.0) -> Any:
@@ -157,10 +154,6 @@ class App:
         downloads = self.workdir / "downloads"
         downloads.mkdir(exist_ok=True)
         return tempfile.mkdtemp(dir=downloads)
-
-    def client(self):
-        """A new gradio_client for this app, with its own download folder."""
-        return make_client(self.url, self.download_dir())
 
     def wait_for_answer(self, image, timeout: float = 180.0) -> tuple[Any, float, float]:
         """Poll until the server accepts a client, then ask /predict once.
