@@ -3,7 +3,7 @@ wrong' on the grouped validation split: 1 - confidence, entropy (what the packag
 the head (mutual information over 30 dropout masks on the pooled features), and flip test-time augmentation
 (disagreement between the slice and its mirror image).
 
-    python -m benchmarks.uncertainty --model model --data VAL_DIR
+    python -m scripts.uncertainty --model model --data VAL_DIR
 """
 from __future__ import annotations
 

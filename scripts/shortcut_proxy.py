@@ -6,7 +6,7 @@ the original project's 253-image yes/no set, which we do not have):
 - film: a photographed film -- white frame, gamma, blur, a letter and an arrow, odd size (150-1900 px);
 - both.
 
-    python -m benchmarks.shortcut_proxy --val-from model/split.json --data ../shared/data/brain-tumor-mri/Training
+    python -m scripts.shortcut_proxy --val-from model/split.json --data ../shared/data/brain-tumor-mri/Training
 """
 from __future__ import annotations
 

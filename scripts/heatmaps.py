@@ -1,7 +1,7 @@
 """Choose the heat-map layer and method by measurement: pointing game and heat inside the box on slices with
 tumour boxes, and heat inside the head on those and on other slices.
 
-    python -m benchmarks.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
+    python -m scripts.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
         --boxes ../shared/data/lgg-segmentation --split model/split.json --heads VALIDATION_DIR --apply
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
@@ -123,7 +123,7 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
         "why": f"Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping >= {MIN_HEAT_IN_HEAD:.2f} "
                "of their heat inside the head, of (pointing / in box / in head): "
                + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"
-                           f"{_in_head(r):.2f}" for r in rows) + " (python -m benchmarks.heatmaps)."}
+                           f"{_in_head(r):.2f}" for r in rows) + " (python -m scripts.heatmaps)."}
     save_model(model, folder)
     write_model_card(folder, c)
     print(f"applied to {folder}: {c.cam_method} at {c.cam_layer}, power {c.cam_power:g}")
