@@ -2,12 +2,13 @@
 tumour boxes, and heat inside the head on those and on other slices.
 
     python -m scripts.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
-        --boxes ../shared/data/lgg-segmentation --split model/split.json --heads VALIDATION_DIR --apply
+        --boxes ../shared/data/lgg-segmentation --split model --heads model --apply
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
 inside the head (on the other slices when given: the border-shortcut check), the highest pointing
-game + half the heat-in-box share.
+game + half the heat-in-box share. ``--split`` leaves out the box slices the model trained on; ``--heads`` takes
+the other slices from a model folder's validation split, or from any folder.
 """
 from __future__ import annotations
 
@@ -19,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brain_tumor.datasets import list_images, read_roots
 from brain_tumor.decode import read_image
-from brain_tumor.preprocess import head_mask
-from brain_tumor.datasets import list_images
 from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_box
 from brain_tumor.inference import Predictor
+from brain_tumor.preprocess import head_mask
+from brain_tumor.splits import previous_sides
+from scripts._images import SPLIT_HELP, is_split, split_file, split_images
 
 
 def score(predictor: Predictor, grays, boxes, method: str, layer: str, power: float = 1.0) -> dict:
@@ -49,8 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("--boxes", action="append", default=None, metavar="DIR",
                     help="root(s) of tumour slices with YOLO box files beside them (any layout train.py reads; "
                          "default ../shared/data/tumor-boxes-sample)")
-    ap.add_argument("--split", metavar="SPLIT_JSON", help="keep only the validation images this split.json lists")
-    ap.add_argument("--heads", default=None, help="extra folder of slices (no boxes) for the head figure")
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON",
+                    help="leave out the box slices this model folder's split.json (or this split.json) trained on")
+    ap.add_argument("--heads", default=None, metavar="MODEL|SPLIT_JSON|DIR",
+                    help=f"other slices (no boxes) for the head figure: {SPLIT_HELP}; or a folder walked recursively")
     ap.add_argument("--n-heads", type=int, default=200)
     ap.add_argument("--layers", default="layer2,layer3,layer4")
     ap.add_argument("--methods", default="gradcam,gradcam++")
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     boxes = [read_yolo_box(p.with_suffix(".txt")) for p in box_paths]
     head_grays = []
     if args.heads:
-        pool = list_images(args.heads)
+        pool = split_images(args.heads).paths if is_split(args.heads) else list_images(args.heads)
         rng = np.random.default_rng(0)
         head_grays = [read_image(pool[i]) for i in rng.choice(len(pool), min(args.n_heads, len(pool)), replace=False)]
     rows = []
@@ -94,12 +99,9 @@ MIN_HEAT_IN_HEAD = 0.90
 
 
 def _box_slices(roots: list[str], split: str = None) -> list[Path]:
-    """Tumour slices with a box file beside them, under the roots (only the split's validation images if given)."""
-    from brain_tumor.datasets import read_roots
-    from brain_tumor.splits import previous_sides
-
+    """Tumour slices with a box file beside them, under the roots (less the split's training images if given)."""
     col, _ = read_roots(roots)
-    keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, Path(split)) != 0
+    keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, split_file(split)) != 0
     return [p for p, k in zip(col.paths, keep) if k and p.with_suffix(".txt").is_file()]
 
 

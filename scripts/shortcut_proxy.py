@@ -6,7 +6,8 @@ the original project's 253-image yes/no set, which we do not have):
 - film: a photographed film -- white frame, gamma, blur, a letter and an arrow, odd size (150-1900 px);
 - both.
 
-    python -m scripts.shortcut_proxy --val-from model/split.json --data ../shared/data/brain-tumor-mri/Training
+    python -m scripts.shortcut_proxy --model model            # the validation images of model/split.json
+    python -m scripts.shortcut_proxy --model model --data DIR # a plain folder of class folders instead
 """
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from brain_tumor.config import canonical_class
 from brain_tumor.decode import read_image
-from brain_tumor.preprocess import head_mask
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import tumor_scores
+from brain_tumor.preprocess import head_mask
+from scripts._images import SPLIT_HELP, labelled_images
 
 
 def inverted(gray: np.ndarray, rng) -> np.ndarray:
@@ -49,15 +50,15 @@ def film(gray: np.ndarray, rng) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--val-from", default="model/split.json", help="split.json whose 'val' list to use")
-    ap.add_argument("--data", default="../shared/data/brain-tumor-mri/Training")
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
+    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
-    root = Path(args.data)
-    rels = json.loads(Path(args.val_from).read_text())["val"]
-    grays = [read_image(root / r) for r in rels]
-    is_tumor = np.array([canonical_class(Path(r).parts[-2]) != "notumor" for r in rels])
+    paths, y = labelled_images(predictor, args.split, args.data)
+    classes = [predictor.classes[k] for k in y]
+    grays = [read_image(p) for p in paths]
+    is_tumor = np.array([c != "notumor" for c in classes])
     rng = np.random.default_rng(0)
     variants = {"as is": lambda g, r: g, "inverted": inverted, "film": film,
                 "inverted + film": lambda g, r: film(inverted(g, r), r)}
@@ -65,14 +66,13 @@ def main(argv=None) -> int:
     for name, fn in variants.items():
         preds = predictor.predict([fn(g, rng) for g in grays])
         s = tumor_scores(is_tumor, [p.tumor_probability for p in preds])
-        s["accuracy_4class"] = float(np.mean([p.label == canonical_class(Path(r).parts[-2])
-                                              for p, r in zip(preds, rels)]))
+        s["accuracy_4class"] = float(np.mean([p.label == c for p, c in zip(preds, classes)]))
         rows[name] = s
         print(f"{name:<16} tumour sensitivity {s['tumor_sensitivity']:.3f}  specificity {s['tumor_specificity']:.3f}  "
               f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}",
               flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": predictor.source, "n": len(rels), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"model": predictor.source, "n": len(paths), "rows": rows}, indent=1))
     return 0
 
 
