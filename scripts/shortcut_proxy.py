@@ -2,9 +2,10 @@
 validation split, as it is and re-rendered the way web-collected slices look (a proxy of our own making for
 the original project's 253-image yes/no set, which we do not have):
 
-- inverted: tissue brightness inverted inside the head (T1-like contrast turned T2-like);
+- inverted: tissue brightness inverted inside the head (T1-like contrast turned T2-like) by the package's
+  trust.sequence_proxy on the model's input, as training scores it for config.json's inverted_contrast_proxy;
 - film: a photographed film -- white frame, gamma, blur, a letter and an arrow, odd size (150-1900 px);
-- both.
+- both: the film, read by the model inverted.
 
     python -m scripts.shortcut_proxy --model model            # the validation images of model/split.json
     python -m scripts.shortcut_proxy --model model --data DIR # a plain folder of class folders instead
@@ -17,19 +18,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
-from brain_tumor.metrics import tumor_scores
-from brain_tumor.preprocess import head_mask
+from brain_tumor.metrics import tumor_probability, tumor_scores
+from brain_tumor.trust import predict_logits, sequence_proxy
 from scripts._images import SPLIT_HELP, labelled_images
 
 
-def inverted(gray: np.ndarray, rng) -> np.ndarray:
-    mask = head_mask(gray)
-    out = gray.copy()
-    out[mask] = 255 - gray[mask]
-    return out
+def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None) -> np.ndarray:
+    """Calibrated class probabilities for the slices, prepared as the model reads them and then, if given,
+    ``transform``ed in [0, 1] (as training scores its proxy)."""
+    prepared = torch.from_numpy(np.stack([predictor.prepare(g)[0] for g in grays]))
+    logits = predict_logits(predictor.model, prepared, transform=transform)
+    return torch.softmax(logits / predictor.config.temperature, 1).numpy()
 
 
 def film(gray: np.ndarray, rng) -> np.ndarray:
@@ -56,17 +59,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
     paths, y = labelled_images(predictor, args.split, args.data)
-    classes = [predictor.classes[k] for k in y]
     grays = [read_image(p) for p in paths]
-    is_tumor = np.array([c != "notumor" for c in classes])
+    no_tumor = predictor.config.no_tumor_indices
+    is_tumor = ~np.isin(y, no_tumor)
     rng = np.random.default_rng(0)
-    variants = {"as is": lambda g, r: g, "inverted": inverted, "film": film,
-                "inverted + film": lambda g, r: film(inverted(g, r), r)}
+    variants = {"as is": (None, None), "inverted": (None, sequence_proxy), "film": (film, None),
+                "inverted + film": (film, sequence_proxy)}  # (on the slice, on the model's input)
     rows = {}
-    for name, fn in variants.items():
-        preds = predictor.predict([fn(g, rng) for g in grays])
-        s = tumor_scores(is_tumor, [p.tumor_probability for p in preds])
-        s["accuracy_4class"] = float(np.mean([p.label == c for p, c in zip(preds, classes)]))
+    for name, (on_slice, on_input) in variants.items():
+        probs = probabilities(predictor, [on_slice(g, rng) if on_slice else g for g in grays], on_input)
+        s = tumor_scores(is_tumor, tumor_probability(probs, no_tumor))
+        s["accuracy_4class"] = float(np.mean(probs.argmax(1) == y))
         rows[name] = s
         print(f"{name:<16} tumour sensitivity {s['tumor_sensitivity']:.3f}  specificity {s['tumor_specificity']:.3f}  "
               f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}",
