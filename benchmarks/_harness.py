@@ -1,5 +1,4 @@
-"""What every benchmark shares: the machine it ran on, a fixed sample of images, the timing loop, order statistics,
-a table, JSON.
+"""What every benchmark shares: the machine, a fixed image sample, the timing loop, order statistics, a table, JSON.
 
 Not imported by the package or the tests; the scripts beside it run as ``python -m benchmarks.NAME``.
 """
@@ -60,7 +59,8 @@ def describe_machine(m: dict[str, Any]) -> str:
     load = m.get("load_average_1min")
     if load is not None and m["usable_cores"] and load > 0.25 * m["usable_cores"]:
         line += (f"\nWARNING: load average {load} on {m['usable_cores']} cores before the run: something else is "
-                 "running, so these timings are pessimistic and noisy. Rerun on an idle machine for figures to publish.")
+                 "running, so these timings are pessimistic and noisy. Rerun on an idle machine for figures to "
+                 "publish.")
     return line
 
 

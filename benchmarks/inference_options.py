@@ -243,7 +243,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         with torch.inference_mode():
             return np.concatenate([model.ood_distance(features_of(b)[1]).numpy() for b in batches])
 
-    ood_reference = ood_distances(lambda b: model.forward_with_features(b.contiguous(memory_format=torch.channels_last)))
+    ood_reference = ood_distances(
+        lambda b: model.forward_with_features(b.contiguous(memory_format=torch.channels_last)))
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, dict] = {}

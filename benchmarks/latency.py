@@ -174,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         + [med(r, "c_ours_answer_heatmap_overlay") for r in rounds.values()],
         ["(d) ours: folder, predict_files batch 32, no heat maps"]
         + [f"{r['d_folder_images_per_second']:.1f} img/s" for r in rounds.values()],
-        [f"    ref: bare forward pass, peer model @ {PEER_SIZE} px"] + [med(r, "peer_forward_only") for r in rounds.values()],
+        [f"    ref: bare forward pass, peer model @ {PEER_SIZE} px"]
+        + [med(r, "peer_forward_only") for r in rounds.values()],
         [f"    ref: bare forward pass, our model @ {predictor.config.img_size} px"]
         + [med(r, "ours_forward_only") for r in rounds.values()],
         ["(c)/(a)   target: <= 0.35"]

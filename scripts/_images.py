@@ -1,5 +1,6 @@
-"""The images an evaluation scores: a model folder's split (its split.json, read by brain_tumor.splits), or a plain
-folder of class folders.
+"""The images an evaluation scores: a model folder's validation split, or a plain folder of class folders.
+
+The split is the model folder's split.json, read by brain_tumor.splits (read_split, previous_sides).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def split_images(split: str, validation: bool = True) -> Collection:
     return col.subset(is_val if validation else ~is_val)
 
 
-def labelled_images(predictor, split: Optional[str] = None, data: Optional[str] = None) -> tuple[list[Path], np.ndarray]:
+def labelled_images(predictor, split: Optional[str] = None,
+                    data: Optional[str] = None) -> tuple[list[Path], np.ndarray]:
     """The images to score and each one's class as an index into the model's classes: the class folders of
     ``data`` if given, else the validation images of ``split`` (default: the model's own folder). Images of a
     class the model does not know are left out."""

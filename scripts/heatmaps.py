@@ -1,5 +1,7 @@
-"""Choose the heat-map layer and method by measurement: pointing game and heat inside the box on slices with
-tumour boxes, and heat inside the head on those and on other slices.
+"""The heat-map choice: layer, method and power, chosen by measurement on slices with tumour boxes.
+
+Pointing game and heat inside the box on slices with tumour boxes, and heat inside the head on those and on
+other slices.
 
     python -m scripts.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
         --boxes ../shared/data/lgg-segmentation --split model --heads model --apply
@@ -83,7 +85,8 @@ def main(argv=None) -> int:
             r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
                                                    method, layer, power)["heat_in_head"]
         rows.append({"layer": layer, "method": method, "power": power, **r})
-        print(f"{layer:<8}{method:<11} power {power:g}  pointing {r['pointing_game']:.3f}  in box {r['heat_in_box']:.3f}  "
+        print(f"{layer:<8}{method:<11} power {power:g}  pointing {r['pointing_game']:.3f}  "
+              f"in box {r['heat_in_box']:.3f}  "
               f"in head {r['heat_in_head']:.3f}" + (f"  in head (other slices) {r['heat_in_head_other_slices']:.3f}"
                                                      if head_grays else ""), flush=True)
     predictor.config.cam_layer, predictor.config.cam_power = original_layer, original_power
@@ -114,7 +117,8 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
     from brain_tumor.hub import write_model_card
     from brain_tumor.model import load_model, save_model
 
-    best = max(rows, key=lambda r: (_in_head(r) >= MIN_HEAT_IN_HEAD, (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0)))
+    best = max(rows, key=lambda r: (_in_head(r) >= MIN_HEAT_IN_HEAD,
+                                    (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0)))
     model = load_model(str(folder))
     c = model.config
     c.cam_layer, c.cam_method, c.cam_power = best["layer"], best["method"], best["power"]
@@ -122,8 +126,8 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
         **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
                                      "heat_in_head", "heat_in_head_other_slices")},
         "data": f"{', '.join(boxes)} ({best['n_boxes']} slices)",
-        "why": f"Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping >= {MIN_HEAT_IN_HEAD:.2f} "
-               "of their heat inside the head, of (pointing / in box / in head): "
+        "why": "Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping "
+               f">= {MIN_HEAT_IN_HEAD:.2f} of their heat inside the head, of (pointing / in box / in head): "
                + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"
                            f"{_in_head(r):.2f}" for r in rows) + " (python -m scripts.heatmaps)."}
     save_model(model, folder)

@@ -1,6 +1,7 @@
-"""Does the model read tumours or sequences and film artefacts? Tumour sensitivity/specificity on the grouped
-validation split, as it is and re-rendered the way web-collected slices look (a proxy of our own making for
-the original project's 253-image yes/no set, which we do not have):
+"""The sequence-shortcut proxy: does the model read tumours, or sequences and film artefacts?
+
+Tumour sensitivity/specificity on the grouped validation split, as it is and re-rendered the way web-collected
+slices look (a proxy of our own making for the original project's 253-image yes/no set, which we do not have):
 
 - inverted: tissue brightness inverted inside the head (T1-like contrast turned T2-like) by the package's
   trust.sequence_proxy on the model's input, as training scores it for config.json's inverted_contrast_proxy;

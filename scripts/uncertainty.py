@@ -1,7 +1,8 @@
-"""Which per-prediction uncertainty best flags the model's mistakes? AUROC of each score for 'this answer is
-wrong' on the grouped validation split: 1 - confidence, entropy (what the package reports), MC dropout on
-the head (mutual information over 30 dropout masks on the pooled features), and flip test-time augmentation
-(disagreement between the slice and its mirror image).
+"""The uncertainty scores compared: which one flags the model's wrong answers best.
+
+AUROC of each score for 'this answer is wrong' on the grouped validation split: 1 - confidence, entropy (what
+the package reports), MC dropout on the head (mutual information over 30 dropout masks on the pooled features),
+and flip test-time augmentation (disagreement between the slice and its mirror image).
 
     python -m scripts.uncertainty --model model                   # the validation images of model/split.json
     python -m scripts.uncertainty --model model --data DIR        # a plain folder of class folders instead
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     scores = {
         "1 - confidence": (1 - probs.max(1).values).numpy(),
         "entropy (reported)": entropy(probs).numpy(),
-        "MC dropout, mutual information": (entropy(mean_mc) - entropy(samples.flatten(0, 1)).view(30, -1).mean(0)).numpy(),
+        "MC dropout, mutual information":
+            (entropy(mean_mc) - entropy(samples.flatten(0, 1)).view(30, -1).mean(0)).numpy(),
         "MC dropout, entropy of the mean": entropy(mean_mc).numpy(),
         "flip TTA, disagreement": 0.5 * (probs - probs_flip).abs().sum(1).numpy(),
     }
