@@ -142,7 +142,7 @@ def write_json(path: Optional[str], benchmark: str, payload: dict[str, Any], mac
 
 
 def meets(value: float, limit: float, at_most: bool = True) -> str:
-    """'yes'/'NO' against an issue's target, for the table (never an exit status)."""
+    """'yes'/'NO' against a target, for the table (never an exit status)."""
     if value != value:  # NaN
         return "n/a"
     return "yes" if (value <= limit if at_most else value >= limit) else "NO"
