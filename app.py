@@ -23,7 +23,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 # Uploads live in a private folder (mode 0700) that is removed at exit, unless the user chose one.
 if not os.environ.get("GRADIO_TEMP_DIR"):
@@ -81,9 +81,9 @@ def summary(pred: Prediction, predictor: Predictor) -> str:
         words = "very likely" if p >= 0.95 else "likely" if p >= 0.5 else "unlikely" if p > 0.05 else "very unlikely"
         lines.append(f"The model puts the probability of a tumour at **{p:.1%}**: a tumour is {words}.")
     if pred.heatmap is not None:
-        lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for *{pred.display(pred.heatmap_class)}*: "
-                     "where the evidence for that class lies, red strongest. It shows what drove the network, not an "
-                     "outline of a tumour." + heatmap_quality(predictor))
+        lines.append(f"Heat map: {METHOD_LABELS.get(pred.method, pred.method)} for "
+                     f"*{pred.display(pred.heatmap_class)}*: where the evidence for that class lies, red strongest. "
+                     "It shows what drove the network, not an outline of a tumour." + heatmap_quality(predictor))
     lines.append(f"_{DISCLAIMER}_")
     return "\n\n".join(lines)
 
@@ -103,8 +103,8 @@ def card_markdown(predictor: Predictor) -> str:
     config = predictor.config
     text = re.sub(r"\A---\n.*?\n---\n", "", model_card(config), flags=re.S)
     text = re.sub(r"^(#+) ", r"#\1 ", text, flags=re.M)
-    head = (f"**Model:** `{predictor.source}` · version {config.version} · classes: {', '.join(predictor.classes)} · "
-            f"input {config.img_size} px")
+    head = (f"**Model:** `{predictor.source}` · version {config.version} · "
+            f"classes: {', '.join(predictor.classes)} · input {config.img_size} px")
     if not config.metrics:
         head += "\n\n_This model was published without validation figures._"
     return f"{head}\n\n{text}"
@@ -237,7 +237,8 @@ def probability_plot(probabilities: list[float], best: int):
 
 
 LEGEND = f"""<div style="font-size:0.85em">
-<div style="height:12px;border-radius:3px;background:linear-gradient(to right, rgba(0,0,0,0) 0%, rgba(0,0,0,0) {int(HEAT_FLOOR * 100)}%,
+<div style="height:12px;border-radius:3px;background:linear-gradient(to right, rgba(0,0,0,0) 0%,
+rgba(0,0,0,0) {int(HEAT_FLOOR * 100)}%,
 #0000ff {int(HEAT_FLOOR * 100)}%, #00ffff 45%, #ffff00 65%, #ff0000 85%, #800000 100%);border:1px solid #999"></div>
 <div style="display:flex;justify-content:space-between"><span>0</span><span>{HEAT_FLOOR:.0%} (below: not drawn)</span>
 <span>peak of this slice</span></div>
@@ -247,8 +248,11 @@ Heat shows where the evidence for the explained class lies, relative to this sli
 
 # ------------------------------------------------------------------------------------------------ the app
 
-def build_demo(predictor: Predictor) -> gr.Blocks:
-    """The Blocks app for one loaded model. Labels come from the model's config, never from this file."""
+def build_demo(predictor: Predictor, predict_fn: Optional[Callable] = None) -> gr.Blocks:
+    """The Blocks app for one loaded model. Labels come from the model's config, never from this file.
+
+    ``predict_fn`` answers /predict and the slice, method and class controls in place of the model's ``predict``
+    (same arguments and outputs); benchmarks/null_app.py passes one that does no work."""
 
     def answer(scan: dict, frame, method, target, state):
         """(decoded slice, prediction with heat map, state) for the upload; gr.Error with a reason otherwise."""
@@ -352,8 +356,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
         state = gr.State(None, time_to_live=3600)
         with gr.Row():
             with gr.Column(scale=1):
-                scan = gr.File(label="MRI slice or volume (JPEG, PNG, BMP, TIFF, WebP, DICOM, NIfTI, zipped DICOM series)",
-                               type="filepath", elem_id="scan")
+                scan = gr.File(label="MRI slice or volume (JPEG, PNG, BMP, TIFF, WebP, DICOM, NIfTI, zipped DICOM "
+                                     "series)", type="filepath", elem_id="scan")
                 with gr.Accordion("…or a DICOM series as loose files", open=False):
                     series = gr.File(label="Drop all the .dcm files of one series", file_count="multiple",
                                      type="filepath", elem_id="series")
@@ -386,8 +390,8 @@ def build_demo(predictor: Predictor) -> gr.Blocks:
             gr.Markdown(card_markdown(predictor))
 
         inputs = [scan, frame, method, target, opacity, state]
-        model_io = dict(fn=predict, inputs=inputs, outputs=[label, heat, view, answer_text, state], preprocess=False,
-                        concurrency_limit=1, concurrency_id="model")
+        model_io = dict(fn=predict_fn or predict, inputs=inputs, outputs=[label, heat, view, answer_text, state],
+                        preprocess=False, concurrency_limit=1, concurrency_id="model")
         # preprocess=False: the handler gets the upload's FileData (Gradio has already checked that it lies in
         # the upload folder); gr.File(type="filepath").preprocess would leave an empty temp file per call.
         scan.change(preview, [scan, state], [frame, view, scan_button, plot, state], preprocess=False,
@@ -410,7 +414,8 @@ def _fit(gray: np.ndarray, size: int = 512) -> np.ndarray:
     scale = size / max(h, w)
     if scale >= 1:
         return gray
-    return np.asarray(Image.fromarray(gray).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR))
+    fitted = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(gray).resize(fitted, Image.BILINEAR))
 
 
 def launch(demo: gr.Blocks, share: bool = False, port: Optional[int] = None, **kwargs):

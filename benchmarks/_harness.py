@@ -1,4 +1,4 @@
-"""What every benchmark shares: the machine it ran on, a fixed sample of images, order statistics, a table, JSON.
+"""What every benchmark shares: the machine, a fixed image sample, the timing loop, order statistics, a table, JSON.
 
 Not imported by the package or the tests; the scripts beside it run as ``python -m benchmarks.NAME``.
 """
@@ -9,7 +9,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -59,7 +59,8 @@ def describe_machine(m: dict[str, Any]) -> str:
     load = m.get("load_average_1min")
     if load is not None and m["usable_cores"] and load > 0.25 * m["usable_cores"]:
         line += (f"\nWARNING: load average {load} on {m['usable_cores']} cores before the run: something else is "
-                 "running, so these timings are pessimistic and noisy. Rerun on an idle machine for figures to publish.")
+                 "running, so these timings are pessimistic and noisy. Rerun on an idle machine for figures to "
+                 "publish.")
     return line
 
 
@@ -83,6 +84,28 @@ def sample_images(folder: os.PathLike | str, n: int, seed: int = 0) -> tuple[lis
         picks = np.random.default_rng(seed).choice(len(pool), n, replace=False)
         return [pool[int(i)] for i in picks], n
     return [pool[i % len(pool)] for i in range(n)], len(pool)
+
+
+def take_turns(paths: dict[str, Callable[[Any], object]], inputs: Sequence, warmup: Sequence = (),
+               after_round: Optional[Callable[[int, dict[str, list[float]]], None]] = None) -> dict[str, list[float]]:
+    """Seconds of each path on each input, the paths taking turns: on input ``i`` they run in an order rotated by
+    ``i``, so that no path always runs first and a machine slowing down or speeding up mid-run moves every path
+    alike (read the lists with ``summary``). Every path first runs once on each ``warmup`` input, untimed;
+    ``after_round(i, times)`` is called after each input (progress lines)."""
+    for x in warmup:
+        for fn in paths.values():
+            fn(x)
+    names = list(paths)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i, x in enumerate(inputs):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            paths[name](x)
+            times[name].append(time.perf_counter() - t0)
+        if after_round is not None:
+            after_round(i, times)
+    return times
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -119,7 +142,7 @@ def write_json(path: Optional[str], benchmark: str, payload: dict[str, Any], mac
 
 
 def meets(value: float, limit: float, at_most: bool = True) -> str:
-    """'yes'/'NO' against an issue's target, for the table (never an exit status)."""
+    """'yes'/'NO' against a target, for the table (never an exit status)."""
     if value != value:  # NaN
         return "n/a"
     return "yes" if (value <= limit if at_most else value >= limit) else "NO"

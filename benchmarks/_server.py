@@ -6,7 +6,6 @@ Memory comes from /proc (VmRSS now, VmHWM the peak), summed over the app and its
 from __future__ import annotations
 
 import os
-import ssl  # noqa: F401  (named in a type hint)
 import shutil
 import signal
 import socket
@@ -88,13 +87,11 @@ class MemorySampler(threading.Thread):
         return self.peak_mb
 
 
-def make_client(url: str, download_dir: os.PathLike | str, ssl_verify: "bool | ssl.SSLContext" = True):
-    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``. ``ssl_verify`` may be
-    an ``ssl.SSLContext`` made once: gradio_client hands it to each httpx client it opens, which then verifies
-    certificates with it instead of loading the CA bundle again."""
+def make_client(url: str, download_dir: os.PathLike | str):
+    """A quiet gradio_client (no analytics) that saves output files under ``download_dir``."""
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir), ssl_verify=ssl_verify)
+    return Client(url, verbose=False, analytics_enabled=False, download_files=str(download_dir))
 
 
 def predict(client, path, timeout: Optional[float] = 120.0) -> Any:
@@ -106,7 +103,8 @@ def predict(client, path, timeout: Optional[float] = 120.0) -> Any:
 
 class App:
     """``python app.py`` in its own process group, on a free loopback port. Its log and the clients' downloads
-    live in a temp folder; the downloads are deleted when the app stops, the log is kept.
+    live in a temp folder; the downloads are deleted when the app stops, the log is kept. ``app``: a script, or
+    a module run from the repository with ``python -m`` (``benchmarks.null_app``).
 
     >>> with App(model="runs/shipped") as app:
     ...     client, connected_s, first_answer_s = app.wait_for_answer("examples/glioma_1.jpg")
@@ -114,7 +112,7 @@ class App:
 
     def __init__(self, model: Optional[str] = None, app: os.PathLike | str = APP, host: str = "127.0.0.1",
                  port: Optional[int] = None, python: str = sys.executable):
-        self.app, self.host = Path(app), host
+        self.app, self.host = app, host
         self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}/"
         self.model, self.python = model, python
@@ -126,15 +124,17 @@ class App:
         self.exit_code: Optional[int] = None
 
     def start(self) -> "App":
-        if not self.app.exists():
+        script = str(self.app).endswith(".py")
+        if script and not Path(self.app).exists():
             raise SystemExit(f"error: {self.app} not found")
+        command, cwd = ([str(self.app)], Path(self.app).parent) if script else (["-m", str(self.app)], REPO)
         env = dict(os.environ, GRADIO_SERVER_PORT=str(self.port), GRADIO_SERVER_NAME=self.host,
                    GRADIO_ANALYTICS_ENABLED="False")
         if self.model:
             env["BRAIN_TUMOR_MODEL"] = self.model
         with open(self.log_path, "wb") as log:
             self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen([self.python, str(self.app)], cwd=self.app.parent, env=env, stdout=log,
+            self.proc = subprocess.Popen([self.python, *command], cwd=cwd, env=env, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         return self
 
@@ -154,10 +154,6 @@ class App:
         downloads = self.workdir / "downloads"
         downloads.mkdir(exist_ok=True)
         return tempfile.mkdtemp(dir=downloads)
-
-    def client(self):
-        """A new gradio_client for this app, with its own download folder."""
-        return make_client(self.url, self.download_dir())
 
     def wait_for_answer(self, image, timeout: float = 180.0) -> tuple[Any, float, float]:
         """Poll until the server accepts a client, then ask /predict once.

@@ -4,16 +4,11 @@ Starts ``python app.py`` on a free loopback port (benchmarks/_server.py), then t
   - seconds from launch to the first answered /predict (an example image);
   - p50/p95 of --requests sequential /predict round trips (upload, answer + heat map + overlay, and the
     client fetching the overlay image), cycling through the example images;
-  - the same round trips through a client given one SSL context made up front
-    (``Client(url, ssl_verify=ssl.create_default_context())``: certificates are still verified on https):
-    gradio_client opens a new httpx client for each request of a call (upload, join, the event stream, one
-    download per output image), and by default each one loads the CA bundle again (~25 ms here, even for
-    plain http); with a context made once, none does; five more default calls are traced to count those loads;
   - the app's peak resident memory (largest sampled RSS, and the sum of each process's VmHWM), children included;
   - with --soak N: N requests in all, RSS after the first 50 and after N (target: within 10%);
-  - then, once the app has stopped, the same round trips, both clients, to benchmarks/null_app.py: the same
-    /predict API served with no work at all (no decoding, model or rendering), the floor any server reaches
-    through each client on this machine (--no-null-app skips it).
+  - then, once the app has stopped, the same round trips to benchmarks/null_app.py: the same /predict API
+    served with no work at all (no decoding, model call or rendering), the floor any server reaches through
+    gradio_client on this machine (--no-null-app skips it).
 For comparison it first times the peer way (benchmarks/latency.py, (a)) on the same images in this process,
 before the app starts. Each app is always stopped at the end (Ctrl-C, then SIGTERM, then SIGKILL).
 
@@ -25,17 +20,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ssl
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from benchmarks._harness import (EXAMPLES, MODEL_HELP, describe_machine, machine, meets, sample_images, summary,
-                                 table, write_json)
-from benchmarks._server import APP, App, MemorySampler, make_client, predict
+                                 table, take_turns, write_json)
+from benchmarks._server import APP, App, MemorySampler, predict
 
-NULL_APP = Path(__file__).with_name("null_app.py")
+NULL_APP = "benchmarks.null_app"
 
 SOAK_BASE = 50  # the soak check compares RSS after this many requests with RSS after all of them
 
@@ -47,13 +41,7 @@ def time_peer(paths: list[Path], n: int, warmup: int = 2) -> dict:
     from benchmarks.latency import PeerPipeline
 
     peer = PeerPipeline()
-    for p in paths[:warmup]:
-        peer(p)
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        peer(paths[i % len(paths)])
-        times.append(time.perf_counter() - t0)
+    times = take_turns({"peer": peer}, [paths[i % len(paths)] for i in range(n)], warmup=paths[:warmup])["peer"]
     peer.close()
     del peer
     gc.collect()
@@ -73,40 +61,13 @@ def time_requests(client, paths: list[Path], n: int, timeout: float, errors: lis
     return latencies
 
 
-def time_null_app(paths: list[Path], n: int, timeout: float, errors: list[str]) -> dict:
-    """p50/p95 of /predict round trips to benchmarks/null_app.py (no work behind the API), default client and
-    client given one SSL context."""
-    with App(app=NULL_APP) as null:
-        default, _, _ = null.wait_for_answer(paths[0])
-        light = make_client(null.url, null.download_dir(), ssl_verify=ssl.create_default_context())
-        predict(light, paths[0], timeout=timeout)  # warm-up, as the default client's first answer
-        out = {"default_client": summary(time_requests(default, paths, n, timeout, errors, "null app")),
-               "client_one_ssl_context": summary(time_requests(light, paths, n, timeout, errors, "null app, light"))}
-        default.close()
-        light.close()
+def time_null_app(paths: list[Path], n: int, timeout: float, errors: list[str], model: Optional[str]) -> dict:
+    """p50/p95 of /predict round trips to benchmarks/null_app.py (no work behind the API)."""
+    with App(model=model, app=NULL_APP) as null:
+        client, _, _ = null.wait_for_answer(paths[0])
+        out = summary(time_requests(client, paths, n, timeout, errors, "null app"))
+        client.close()
     return out
-
-
-def count_ca_loads(client, paths: list[Path], calls: int = 5) -> dict:
-    """How often, and for how long, the default client loads CA certificates per /predict call (traced)."""
-    loads: list[float] = []
-    original = ssl.SSLContext.load_verify_locations
-
-    def traced(self, *a, **k):
-        t0 = time.perf_counter()
-        try:
-            return original(self, *a, **k)
-        finally:
-            loads.append(time.perf_counter() - t0)
-
-    ssl.SSLContext.load_verify_locations = traced
-    try:
-        for k in range(calls):
-            predict(client, paths[k % len(paths)])
-    finally:
-        ssl.SSLContext.load_verify_locations = original
-    return {"calls": calls, "loads_per_call": len(loads) / calls,
-            "ms_per_call": 1000 * sum(loads) / calls, "ms_per_load": 1000 * sum(loads) / max(len(loads), 1)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -140,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         peer = time_peer(paths, args.peer_images)
 
     total = max(args.requests, args.soak)
-    latencies, light_latencies, errors, rss_after = [], [], [], {}
+    latencies, errors, rss_after = [], [], {}
     app = App(model=args.model, app=args.app)
     sampler = None
     try:
@@ -164,9 +125,6 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rss_after[k] = app.memory()["rss_mb"]
                 if args.soak:
                     print(f"    {k} requests: RSS {rss_after[k]:.0f} MB", flush=True)
-        light = make_client(app.url, app.download_dir(), ssl_verify=ssl.create_default_context())
-        light_latencies = time_requests(light, paths, args.requests, args.request_timeout, errors, "light client")
-        ca_loads = count_ca_loads(client, paths)
         memory = app.memory()
     except (RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -178,14 +136,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     null = None
     if not args.no_null_app:
-        print(f"  the same requests to {NULL_APP.name} (no work behind the API) ...", flush=True)
+        print(f"  the same requests to {NULL_APP} (no work behind the API) ...", flush=True)
         try:
-            null = time_null_app(paths, args.requests, args.request_timeout, errors)
+            null = time_null_app(paths, args.requests, args.request_timeout, errors, args.model)
         except Exception as e:  # noqa: BLE001 - the app's figures above are still reported
             errors.append(f"null app: {type(e).__name__}: {str(e)[:300]}")
 
     lat = summary(latencies)
-    light_lat = summary(light_latencies) if light_latencies else None
     peak = max(memory["peak_mb"], sampled_peak)
     rows = [
         ["launch to first answered /predict", f"{first_s:.2f} s", f"<= 15 s: {meets(first_s, 15)}"],
@@ -193,9 +150,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         [f"/predict round trip p50 ({lat['n']} sequential)", f"{lat['median']:.4f} s",
          f"<= peer (a): {meets(lat['median'], peer['median'])}" if peer else ""],
         ["/predict round trip p95", f"{lat['p95']:.4f} s", ""],
-        ["  p50 / p95, client given one SSL context (CA bundle loaded once)",
-         f"{light_lat['median']:.4f} / {light_lat['p95']:.4f} s" if light_lat else "n/a",
-         f"<= peer (a): {meets(light_lat['median'], peer['median'])}" if peer and light_lat else ""],
         ["peak resident memory (app + children)", f"{peak:.0f} MB", f"<= 1500 MB: {meets(peak, 1500)}"],
         ["  sampled peak RSS / sum of VmHWM", f"{sampled_peak:.0f} / {memory['peak_mb']:.0f} MB", ""],
         [f"RSS after first answer / after {total} requests", f"{rss_after[0]:.0f} / {rss_after[total]:.0f} MB", ""],
@@ -212,14 +166,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                      f"{rss_after[SOAK_BASE]:.0f} -> {rss_after[total]:.0f} MB ({growth:+.1%})",
                      f"within 10%: {meets(abs(growth), 0.10)}"])
     if null:
-        nd, nl = null["default_client"], null["client_one_ssl_context"]
-        rows.append(["null app (same API, no work): p50 default client / one SSL context",
-                     f"{nd['median']:.4f} / {nl['median']:.4f} s",
-                     f"the floor of any server; default <= peer (a): {meets(nd['median'], peer['median'])}"
+        rows.append(["null app (same API, no work): /predict round trip p50", f"{null['median']:.4f} s",
+                     f"the floor of any server; <= peer (a): {meets(null['median'], peer['median'])}"
                      if peer else "the floor of any server"])
-    ca = ca_loads
-    rows.append(["default client: CA-bundle loads per call (traced)",
-                 f"{ca['loads_per_call']:.0f} x {ca['ms_per_load']:.0f} ms = {ca['ms_per_call']:.0f} ms", ""])
     rows.append(["errors", str(len(errors)), ""])
     print()
     print(table(["app (gradio_client, loopback)", "value", "target"], rows))
@@ -229,8 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "app": args.app, "model": args.model, "data": args.data, "distinct_images": distinct,
         "launch_to_connected_s": connected_s, "launch_to_first_answer_s": first_s,
         "requests": lat, "latencies_s": latencies, "peer_a_s": peer,
-        "requests_client_one_ssl_context": light_lat, "latencies_client_one_ssl_context_s": light_latencies,
-        "default_client_ca_loads": ca_loads, "null_app": null,
+        "null_app": null,
         "peak_rss_mb": peak, "sampled_peak_rss_mb": sampled_peak, "sum_vmhwm_mb": memory["peak_mb"],
         "processes": memory["processes"], "rss_after_requests_mb": rss_after, "soak": soak,
         "errors": errors, "stop_seconds": app.stop_seconds, "exit_code": app.exit_code}, info)

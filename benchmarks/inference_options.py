@@ -18,11 +18,12 @@ changes the arithmetic states what it costs. Options:
                  slices scored); also reports how far it moves the out-of-distribution detector's distances
 Forward pass only: decoding, cropping and the heat map are the same for all (benchmarks/latency.py times those).
 
-    python -m benchmarks.inference_options --data VAL --json docs/benchmarks/inference_options.json
-    python -m benchmarks.inference_options --data VAL --skip torch.compile,onnxruntime --repeats 20
-(VAL: a folder of class folders, e.g. the grouped validation split of model/split.json linked into one. int8's
-calibration slices: --calibration DIR, else the "train" list of the model folder's split.json under the Kaggle
-training folder beside the repository; without either, int8 is reported unavailable.)
+    python -m benchmarks.inference_options --model model --json docs/benchmarks/inference_options.json
+    python -m benchmarks.inference_options --model model --skip torch.compile,onnxruntime --repeats 20
+    python -m benchmarks.inference_options --model model --data DIR   # a plain folder of class folders
+The slices scored: the validation images of the model folder's split.json (--split for another), or --data.
+int8's calibration slices: --calibration DIR, else the training images of that split.json; without either, int8
+is reported unavailable.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, write_json
+from benchmarks._harness import MODEL_HELP, describe_machine, machine, table, take_turns, write_json
+from scripts._images import SPLIT_HELP
 
 OPTIONS = ("ours", "nchw", "no_grad", "1-thread", "bf16-autocast", "torchscript", "onnxruntime", "torch.compile",
            "int8")
@@ -171,47 +173,29 @@ def build(name: str, model, example: torch.Tensor, sizes: tuple[int, ...] = (1, 
     raise ValueError(f"unknown option {name!r}; choose from {OPTIONS}")
 
 
-def calibration_files(folder: Optional[str], model_source: str, n: int, seed: int = 0) -> list[Path]:
-    """``n`` images to calibrate int8 on: from ``folder``, else from the model's training split (its split.json's
-    "train" list under the Kaggle training folder); [] when neither is there."""
-    import json
+def calibration_files(folder: Optional[str], split: str, n: int, seed: int = 0) -> list[Path]:
+    """``n`` images to calibrate int8 on: from ``folder``, else the training images of a model folder's split.json
+    (``split``: the folder or the file); [] when neither is there."""
     import random
 
-    from benchmarks._harness import TRAINING_DATA
     from brain_tumor.datasets import list_images
+    from scripts._images import split_images
 
     if folder:
         pool = list_images(folder)
     else:
-        split = Path(model_source) / "split.json"
-        if not split.is_file() or not TRAINING_DATA.is_dir():
+        try:
+            pool = split_images(split, validation=False).paths
+        except ValueError:  # no split.json, or its data roots are not here
             return []
-        pool = [TRAINING_DATA / rel for rel in json.loads(split.read_text()).get("train", [])]
-        pool = [p for p in pool if p.is_file()]
     return random.Random(seed).sample(pool, min(n, len(pool)))
-
-
-def time_rounds(forwards: dict[str, Forward], x: torch.Tensor, rounds: int, warmup: int = 5) -> dict[str, list[float]]:
-    """Seconds of each option's forward pass on ``x``, ``rounds`` times, the options taking turns (the order
-    rotating each round) so that a machine speeding up or slowing down mid-run moves every option alike."""
-    for fwd in forwards.values():
-        for _ in range(warmup):
-            fwd(x)
-    names = list(forwards)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            forwards[name](x)
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help=MODEL_HELP)
-    ap.add_argument("--data", required=True, help="class folders (glioma/ meningioma/ ...) for accuracy and timing")
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
+    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
     ap.add_argument("--repeats", type=int, default=60, help="batch-1 passes timed per option (median)")
     ap.add_argument("--skip", default="", help="comma-separated options to leave out, e.g. torch.compile")
     ap.add_argument("--calibration", default=None,
@@ -220,27 +204,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
-    from brain_tumor.preprocess import to_tensor
-    from brain_tumor.datasets import load_prepared, read_class_folders
+    from brain_tumor.datasets import load_prepared
     from brain_tumor.inference import Predictor
     from brain_tumor.metrics import expected_calibration_error
+    from brain_tumor.preprocess import to_tensor
+    from scripts._images import labelled_images
 
     predictor = Predictor(args.model)
     model, cfg = predictor.model, predictor.config
+    split = args.split or predictor.source
     try:
-        folder = read_class_folders(args.data)
+        paths, labels = labelled_images(predictor, split, args.data)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = {c: (cfg.class_names.index(c) if c in cfg.class_names else -1) for c in folder.classes}
-    labels = np.array([names[folder.classes[k]] for k in folder.labels])
-    images, _, errors = load_prepared(folder.paths, cfg.img_size, progress=False)
-    keep = np.array([e is None for e in errors]) & (labels >= 0)
+    images, _, errors = load_prepared(paths, cfg.img_size, progress=False)
+    keep = np.array([e is None for e in errors])
     images, labels = images[keep], labels[keep]
     batches = [to_tensor(images[i:i + 32], cfg.mean, cfg.std) for i in range(0, len(images), 32)]
     one, full = batches[0][:1].clone(), batches[0]
-    calibration_paths = calibration_files(args.calibration, predictor.source, args.calibration_images)
-    scored = {p.resolve() for p in folder.paths}
+    calibration_paths = calibration_files(args.calibration, split, args.calibration_images)
+    scored = {p.resolve() for p in paths}
     if any(p.resolve() in scored for p in calibration_paths):
         print("error: the int8 calibration images include slices being scored; calibrate on other data",
               file=sys.stderr)
@@ -249,7 +233,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     calibration = [to_tensor(cal_images[i:i + 32], cfg.mean, cfg.std) for i in range(0, len(cal_images), 32)]
     info = machine()
     print(describe_machine(info))
-    print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data}",
+    print(f"model:   {predictor.source} ({cfg.img_size} px); {len(images)} labelled slices from {args.data or split}",
           flush=True)
 
     def probabilities(fwd: Forward) -> np.ndarray:
@@ -259,7 +243,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         with torch.inference_mode():
             return np.concatenate([model.ood_distance(features_of(b)[1]).numpy() for b in batches])
 
-    ood_reference = ood_distances(lambda b: model.forward_with_features(b.contiguous(memory_format=torch.channels_last)))
+    ood_reference = ood_distances(
+        lambda b: model.forward_with_features(b.contiguous(memory_format=torch.channels_last)))
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     results: dict[str, dict] = {}
@@ -295,8 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             results[name]["calibration_slices"] = len(cal_images)
 
     print(f"  timing {len(forwards)} options, taking turns ...", flush=True)
-    single = time_rounds(forwards, one, args.repeats)
-    folder = time_rounds(forwards, full, 5, warmup=1)
+    single = take_turns(forwards, [one] * args.repeats, warmup=[one] * 5)
+    folder = take_turns(forwards, [full] * 5, warmup=[full])
     for name in forwards:
         results[name]["batch1_ms"] = 1000 * float(np.median(single[name]))
         results[name]["batch32_images_per_s"] = len(full) / float(np.median(folder[name]))
@@ -320,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"{name}: out-of-distribution distances move by {o['median_relative_change']:.1%} (median); slices "
                   f"flagged as not an MRI {o['flagged']:.1%} against {o['flagged_ours']:.1%} for ours")
     write_json(args.json, "inference_options", {
-        "model": predictor.source, "img_size": cfg.img_size, "data": str(args.data), "images": len(images),
+        "model": predictor.source, "img_size": cfg.img_size, "data": str(args.data or split), "images": len(images),
         "repeats": args.repeats, "options": results}, info)
     return 0
 

@@ -1,6 +1,7 @@
 """Seconds per image for an answer with its heat map: the usual peer demo against our one-pass Predictor.
 
-One run, the same images, interleaved so that a busy machine slows every path alike:
+One run, the same images, the paths taking turns on each (_harness.take_turns) so that a busy machine slows
+every path alike:
   (a) the peer way, written out below (PeerPipeline): PIL open, RGB, resize to 224, ToTensor, Normalize,
       a prediction forward pass, then pytorch-grad-cam's GradCAM on layer4 (its own forward pass and a full
       backward pass through every parameter), then show_cam_on_image; a plain torchvision resnet18 with
@@ -21,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from benchmarks._harness import (MODEL_HELP, default_data, describe_machine, machine, meets, sample_images,
-                                 summary, table, write_json)
+                                 summary, table, take_turns, write_json)
 
 PEER_SIZE = 224
 
@@ -80,17 +80,11 @@ def peer_weights(predictor) -> dict:
     return {k.replace("fc.1.", "fc."): v.contiguous() for k, v in state.items() if not k.startswith("fc.0")}
 
 
-def _time(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def run_round(predictor, peer: PeerPipeline, paths: list[Path], warmup: list[Path], repeats: int) -> dict:
-    """Every path on every image at the current thread count; returns per-path timings."""
+    """Every path on every image at the current thread count, taking turns; returns per-path timings."""
     from brain_tumor.decode import read_image
-    from brain_tumor.preprocess import to_tensor
     from brain_tumor.explain import overlay
+    from brain_tumor.preprocess import to_tensor
 
     def ours_answer(p):
         [r] = predictor.predict_files([p], heatmaps=False)
@@ -106,29 +100,19 @@ def run_round(predictor, peer: PeerPipeline, paths: list[Path], warmup: list[Pat
     ours_x = to_tensor(np.zeros((1, size, size), np.uint8), predictor.config.mean, predictor.config.std)
     peer_x = torch.zeros(1, 3, PEER_SIZE, PEER_SIZE)
 
-    def ours_forward():
+    def ours_forward(_):
         with torch.inference_mode():
             predictor.model(ours_x)
 
-    paths_fns = {"a_peer": peer, "b_ours_answer": ours_answer, "c_ours_answer_heatmap_overlay": ours_full}
-    for p in warmup:
-        for fn in paths_fns.values():
-            fn(p)
-    times: dict[str, list[float]] = {k: [] for k in paths_fns}
-    times.update({"peer_forward_only": [], "ours_forward_only": []})
-    names = list(paths_fns)
-    for i, p in enumerate(paths):
-        for name in names[i % 3:] + names[:i % 3]:  # rotate the order: no path always runs first
-            times[name].append(_time(lambda: paths_fns[name](p)))
-        times["peer_forward_only"].append(_time(lambda: peer.forward_only(peer_x)))
-        times["ours_forward_only"].append(_time(ours_forward))
-
+    times = take_turns({"a_peer": peer, "b_ours_answer": ours_answer, "c_ours_answer_heatmap_overlay": ours_full,
+                        "peer_forward_only": lambda _: peer.forward_only(peer_x), "ours_forward_only": ours_forward},
+                       paths, warmup)
     predictor.predict_files(paths[:min(len(paths), 32)], batch_size=32)  # warm the batch path
-    folder = [_time(lambda: predictor.predict_files(paths, batch_size=32)) for _ in range(repeats)]
+    folder = take_turns({"d": lambda _: predictor.predict_files(paths, batch_size=32)}, range(repeats))["d"]
     out = {k: summary(v) for k, v in times.items()}
     out["d_folder_seconds"] = summary(folder)
     out["d_folder_images_per_second"] = len(paths) / float(np.median(folder))
-    a, b, c = (out[k]["median"] for k in names)
+    a, b, c = (out[k]["median"] for k in ("a_peer", "b_ours_answer", "c_ours_answer_heatmap_overlay"))
     out["ratio_c_over_a"] = c / a
     out["ratio_c_over_b"] = c / b
     return out
@@ -190,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         + [med(r, "c_ours_answer_heatmap_overlay") for r in rounds.values()],
         ["(d) ours: folder, predict_files batch 32, no heat maps"]
         + [f"{r['d_folder_images_per_second']:.1f} img/s" for r in rounds.values()],
-        [f"    ref: bare forward pass, peer model @ {PEER_SIZE} px"] + [med(r, "peer_forward_only") for r in rounds.values()],
+        [f"    ref: bare forward pass, peer model @ {PEER_SIZE} px"]
+        + [med(r, "peer_forward_only") for r in rounds.values()],
         [f"    ref: bare forward pass, our model @ {predictor.config.img_size} px"]
         + [med(r, "ours_forward_only") for r in rounds.values()],
         ["(c)/(a)   target: <= 0.35"]

@@ -7,7 +7,8 @@ optimizer (AdamW, the TrainConfig defaults) and loss. Decoding counts in both:
          train.py does by default: --precision); the decode is amortised over --epochs;
   plain: an ImageFolder-style dataset that opens each JPEG with PIL every epoch, RandomResizedCrop,
          RandomHorizontalFlip, RandomRotation, ToTensor, Normalize, through a DataLoader.
-The epochs of the two loops alternate, so a busy machine slows both alike. No model is saved.
+The two loops take turns epoch by epoch (_harness.take_turns), so a busy machine slows both alike. No model
+is saved.
 
     python -m benchmarks.train                                   # 256 training images, 2 epochs
     python -m benchmarks.train --images 512 --epochs 3 --json train.json
@@ -31,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._harness import MODEL_HELP, TRAINING_DATA, describe_machine, machine, meets, table, write_json
+from benchmarks._harness import (MODEL_HELP, TRAINING_DATA, describe_machine, machine, meets, table, take_turns,
+                                 write_json)
 
 
 class PlainImageFolder(torch.utils.data.Dataset):
@@ -166,15 +168,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     y_train = torch.tensor(labels).long()[torch.from_numpy(ok)]
     ours_n = len(x_train) - (1 if len(x_train) % cfg.batch_size == 1 else 0)
 
-    ours_s, plain_s, plain_n = [], [], []
-    for epoch in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        plain_n.append(plain_epoch(plain_model, loader, plain_opt, cfg.label_smoothing))
-        plain_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        train_one_epoch(ours_model, x_train, y_train, ours_opt, cfg, gen, desc=f"ours {epoch}/{args.epochs}")
-        ours_s.append(time.perf_counter() - t0)
-        print(f"  epoch {epoch}: plain {plain_s[-1]:.1f} s, ours {ours_s[-1]:.1f} s", flush=True)
+    plain_n = []  # images each plain epoch saw
+    loops = {"plain": lambda _: plain_n.append(plain_epoch(plain_model, loader, plain_opt, cfg.label_smoothing)),
+             "ours": lambda epoch: train_one_epoch(ours_model, x_train, y_train, ours_opt, cfg, gen,
+                                                   desc=f"ours {epoch}/{args.epochs}")}
+    times = take_turns(loops, range(1, args.epochs + 1), after_round=lambda i, t: print(
+        f"  epoch {i + 1}: plain {t['plain'][-1]:.1f} s, ours {t['ours'][-1]:.1f} s", flush=True))
+    plain_s, ours_s = times["plain"], times["ours"]
 
     ours_total = decode_s + sum(ours_s)
     ours_ips = ours_n * args.epochs / ours_total

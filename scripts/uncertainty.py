@@ -1,9 +1,11 @@
-"""Which per-prediction uncertainty best flags the model's mistakes? AUROC of each score for 'this answer is
-wrong' on the grouped validation split: 1 - confidence, entropy (what the package reports), MC dropout on
-the head (mutual information over 30 dropout masks on the pooled features), and flip test-time augmentation
-(disagreement between the slice and its mirror image).
+"""The uncertainty scores compared: which one flags the model's wrong answers best.
 
-    python -m benchmarks.uncertainty --model model --data VAL_DIR
+AUROC of each score for 'this answer is wrong' on the grouped validation split: 1 - confidence, entropy (what
+the package reports), MC dropout on the head (mutual information over 30 dropout masks on the pooled features),
+and flip test-time augmentation (disagreement between the slice and its mirror image).
+
+    python -m scripts.uncertainty --model model                   # the validation images of model/split.json
+    python -m scripts.uncertainty --model model --data DIR        # a plain folder of class folders instead
 """
 from __future__ import annotations
 
@@ -15,22 +17,22 @@ import numpy as np
 import torch
 
 from brain_tumor.decode import read_image
-from brain_tumor.preprocess import to_tensor
-from brain_tumor.datasets import read_class_folders
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import auroc
+from brain_tumor.preprocess import to_tensor
+from scripts._images import SPLIT_HELP, labelled_images
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
-    ap.add_argument("--data", required=True, help="class folders named after the model's classes")
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
+    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
-    folder = read_class_folders(args.data)
-    y = np.array([predictor.classes.index(folder.classes[k]) for k in folder.labels])
-    prepared = np.stack([predictor.prepare(read_image(p))[0] for p in folder.paths])
+    paths, y = labelled_images(predictor, args.split, args.data)
+    prepared = np.stack([predictor.prepare(read_image(p))[0] for p in paths])
     model, temperature = predictor.model, predictor.config.temperature
     logits, feats, flipped = [], [], []
     with torch.inference_mode():
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
     scores = {
         "1 - confidence": (1 - probs.max(1).values).numpy(),
         "entropy (reported)": entropy(probs).numpy(),
-        "MC dropout, mutual information": (entropy(mean_mc) - entropy(samples.flatten(0, 1)).view(30, -1).mean(0)).numpy(),
+        "MC dropout, mutual information":
+            (entropy(mean_mc) - entropy(samples.flatten(0, 1)).view(30, -1).mean(0)).numpy(),
         "MC dropout, entropy of the mean": entropy(mean_mc).numpy(),
         "flip TTA, disagreement": 0.5 * (probs - probs_flip).abs().sum(1).numpy(),
     }

@@ -1,13 +1,16 @@
-"""Choose the heat-map layer and method by measurement: pointing game and heat inside the box on slices with
-tumour boxes, and heat inside the head on those and on other slices.
+"""The heat-map choice: layer, method and power, chosen by measurement on slices with tumour boxes.
 
-    python -m benchmarks.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
-        --boxes ../shared/data/lgg-segmentation --split model/split.json --heads VALIDATION_DIR --apply
+Pointing game and heat inside the box on slices with tumour boxes, and heat inside the head on those and on
+other slices.
+
+    python -m scripts.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
+        --boxes ../shared/data/lgg-segmentation --split model --heads model --apply
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
 inside the head (on the other slices when given: the border-shortcut check), the highest pointing
-game + half the heat-in-box share.
+game + half the heat-in-box share. ``--split`` leaves out the box slices the model trained on; ``--heads`` takes
+the other slices from a model folder's validation split, or from any folder.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brain_tumor.datasets import list_images, read_roots
 from brain_tumor.decode import read_image
-from brain_tumor.preprocess import head_mask
-from brain_tumor.datasets import list_images
 from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_box
 from brain_tumor.inference import Predictor
+from brain_tumor.preprocess import head_mask
+from brain_tumor.splits import previous_sides
+from scripts._images import SPLIT_HELP, is_split, split_file, split_images
 
 
 def score(predictor: Predictor, grays, boxes, method: str, layer: str, power: float = 1.0) -> dict:
@@ -49,8 +54,10 @@ def main(argv=None) -> int:
     ap.add_argument("--boxes", action="append", default=None, metavar="DIR",
                     help="root(s) of tumour slices with YOLO box files beside them (any layout train.py reads; "
                          "default ../shared/data/tumor-boxes-sample)")
-    ap.add_argument("--split", metavar="SPLIT_JSON", help="keep only the validation images this split.json lists")
-    ap.add_argument("--heads", default=None, help="extra folder of slices (no boxes) for the head figure")
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON",
+                    help="leave out the box slices this model folder's split.json (or this split.json) trained on")
+    ap.add_argument("--heads", default=None, metavar="MODEL|SPLIT_JSON|DIR",
+                    help=f"other slices (no boxes) for the head figure: {SPLIT_HELP}; or a folder walked recursively")
     ap.add_argument("--n-heads", type=int, default=200)
     ap.add_argument("--layers", default="layer2,layer3,layer4")
     ap.add_argument("--methods", default="gradcam,gradcam++")
@@ -66,7 +73,7 @@ def main(argv=None) -> int:
     boxes = [read_yolo_box(p.with_suffix(".txt")) for p in box_paths]
     head_grays = []
     if args.heads:
-        pool = list_images(args.heads)
+        pool = split_images(args.heads).paths if is_split(args.heads) else list_images(args.heads)
         rng = np.random.default_rng(0)
         head_grays = [read_image(pool[i]) for i in rng.choice(len(pool), min(args.n_heads, len(pool)), replace=False)]
     rows = []
@@ -78,7 +85,8 @@ def main(argv=None) -> int:
             r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
                                                    method, layer, power)["heat_in_head"]
         rows.append({"layer": layer, "method": method, "power": power, **r})
-        print(f"{layer:<8}{method:<11} power {power:g}  pointing {r['pointing_game']:.3f}  in box {r['heat_in_box']:.3f}  "
+        print(f"{layer:<8}{method:<11} power {power:g}  pointing {r['pointing_game']:.3f}  "
+              f"in box {r['heat_in_box']:.3f}  "
               f"in head {r['heat_in_head']:.3f}" + (f"  in head (other slices) {r['heat_in_head_other_slices']:.3f}"
                                                      if head_grays else ""), flush=True)
     predictor.config.cam_layer, predictor.config.cam_power = original_layer, original_power
@@ -94,12 +102,9 @@ MIN_HEAT_IN_HEAD = 0.90
 
 
 def _box_slices(roots: list[str], split: str = None) -> list[Path]:
-    """Tumour slices with a box file beside them, under the roots (only the split's validation images if given)."""
-    from brain_tumor.datasets import read_roots
-    from brain_tumor.splits import previous_sides
-
+    """Tumour slices with a box file beside them, under the roots (less the split's training images if given)."""
     col, _ = read_roots(roots)
-    keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, Path(split)) != 0
+    keep = np.ones(len(col), dtype=bool) if split is None else previous_sides(col, split_file(split)) != 0
     return [p for p, k in zip(col.paths, keep) if k and p.with_suffix(".txt").is_file()]
 
 
@@ -112,7 +117,8 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
     from brain_tumor.hub import write_model_card
     from brain_tumor.model import load_model, save_model
 
-    best = max(rows, key=lambda r: (_in_head(r) >= MIN_HEAT_IN_HEAD, (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0)))
+    best = max(rows, key=lambda r: (_in_head(r) >= MIN_HEAT_IN_HEAD,
+                                    (r["pointing_game"] or 0) + 0.5 * (r["heat_in_box"] or 0)))
     model = load_model(str(folder))
     c = model.config
     c.cam_layer, c.cam_method, c.cam_power = best["layer"], best["method"], best["power"]
@@ -120,10 +126,10 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
         **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
                                      "heat_in_head", "heat_in_head_other_slices")},
         "data": f"{', '.join(boxes)} ({best['n_boxes']} slices)",
-        "why": f"Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping >= {MIN_HEAT_IN_HEAD:.2f} "
-               "of their heat inside the head, of (pointing / in box / in head): "
+        "why": "Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping "
+               f">= {MIN_HEAT_IN_HEAD:.2f} of their heat inside the head, of (pointing / in box / in head): "
                + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"
-                           f"{_in_head(r):.2f}" for r in rows) + " (python -m benchmarks.heatmaps)."}
+                           f"{_in_head(r):.2f}" for r in rows) + " (python -m scripts.heatmaps)."}
     save_model(model, folder)
     write_model_card(folder, c)
     print(f"applied to {folder}: {c.cam_method} at {c.cam_layer}, power {c.cam_power:g}")

@@ -1,0 +1,84 @@
+"""The sequence-shortcut proxy: does the model read tumours, or sequences and film artefacts?
+
+Tumour sensitivity/specificity on the grouped validation split, as it is and re-rendered the way web-collected
+slices look (a proxy of our own making for the original project's 253-image yes/no set, which we do not have):
+
+- inverted: tissue brightness inverted inside the head (T1-like contrast turned T2-like) by the package's
+  trust.sequence_proxy on the model's input, as training scores it for config.json's inverted_contrast_proxy;
+- film: a photographed film -- white frame, gamma, blur, a letter and an arrow, odd size (150-1900 px);
+- both: the film, read by the model inverted.
+
+    python -m scripts.shortcut_proxy --model model            # the validation images of model/split.json
+    python -m scripts.shortcut_proxy --model model --data DIR # a plain folder of class folders instead
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from brain_tumor.decode import read_image
+from brain_tumor.inference import Predictor
+from brain_tumor.metrics import tumor_probability, tumor_scores
+from brain_tumor.trust import predict_logits, sequence_proxy
+from scripts._images import SPLIT_HELP, labelled_images
+
+
+def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None) -> np.ndarray:
+    """Calibrated class probabilities for the slices, prepared as the model reads them and then, if given,
+    ``transform``ed in [0, 1] (as training scores its proxy)."""
+    prepared = torch.from_numpy(np.stack([predictor.prepare(g)[0] for g in grays]))
+    logits = predict_logits(predictor.model, prepared, transform=transform)
+    return torch.softmax(logits / predictor.config.temperature, 1).numpy()
+
+
+def film(gray: np.ndarray, rng) -> np.ndarray:
+    size = int(rng.integers(150, 1900))
+    img = cv2.resize(gray, (size, size), interpolation=cv2.INTER_LINEAR)
+    img = (255 * (img / 255.0) ** rng.uniform(0.7, 1.4)).astype(np.uint8)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5) * size / 512)
+    pad = int(size * rng.uniform(0.03, 0.12))
+    img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=int(rng.integers(200, 256)))
+    h = img.shape[0]
+    cv2.putText(img, "R" if rng.random() < 0.5 else "L", (pad + h // 30, pad + h // 10), cv2.FONT_HERSHEY_SIMPLEX,
+                h / 400, 255, max(1, h // 200))
+    p = (int(h * rng.uniform(0.3, 0.7)), int(h * rng.uniform(0.3, 0.7)))
+    cv2.arrowedLine(img, (p[0] + h // 8, p[1] - h // 8), p, 255, max(1, h // 150))
+    return img
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
+    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    predictor = Predictor(args.model)
+    paths, y = labelled_images(predictor, args.split, args.data)
+    grays = [read_image(p) for p in paths]
+    no_tumor = predictor.config.no_tumor_indices
+    is_tumor = ~np.isin(y, no_tumor)
+    rng = np.random.default_rng(0)
+    variants = {"as is": (None, None), "inverted": (None, sequence_proxy), "film": (film, None),
+                "inverted + film": (film, sequence_proxy)}  # (on the slice, on the model's input)
+    rows = {}
+    for name, (on_slice, on_input) in variants.items():
+        probs = probabilities(predictor, [on_slice(g, rng) if on_slice else g for g in grays], on_input)
+        s = tumor_scores(is_tumor, tumor_probability(probs, no_tumor))
+        s["accuracy_4class"] = float(np.mean(probs.argmax(1) == y))
+        rows[name] = s
+        print(f"{name:<16} tumour sensitivity {s['tumor_sensitivity']:.3f}  specificity {s['tumor_specificity']:.3f}  "
+              f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}",
+              flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": predictor.source, "n": len(paths), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
