@@ -420,6 +420,7 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
             tr = train_one_epoch(model, sets["x_train"], sets["y_train"], optimizer, cfg, gen,
                                  scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}",
                                  masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler)
+            progress.epoch = epoch
             stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions
                 val = validate(model, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
@@ -430,7 +431,6 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
                        "val_groups": val["groups"], "seconds": time.time() - t0,
                        "lr": optimizer.param_groups[-1]["lr"]}
                 progress.history.append(row)
-                progress.epoch = epoch
                 _log_validation(log, epoch, tr, val, row["seconds"])
                 if val["score"] > progress.best_score:
                     progress.best_score, progress.best_epoch = val["score"], epoch
@@ -442,7 +442,6 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
                 plot_history(progress.history, out / "training_curves.png")
                 stop = float(bool(cfg.patience and since_best >= cfg.patience))
             val_loss, stop = world.broadcast(val_loss), world.broadcast(stop)
-            progress.epoch = epoch
             if not per_step:
                 scheduler.step(val_loss)
             world.barrier()

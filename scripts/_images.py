@@ -4,8 +4,9 @@ The split is the model folder's split.json, read by brain_tumor.splits (read_spl
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -50,3 +51,19 @@ def labelled_images(predictor, split: Optional[str] = None,
     if not known:
         raise ValueError(f"no images of the model's classes {predictor.classes} in {data or split or predictor.source}")
     return [paths[i] for i in known], np.array([predictor.classes.index(classes[i]) for i in known], dtype=int)
+
+
+def scored_images(description: str, argv: Optional[Sequence[str]] = None):
+    """The command line every evaluation of labelled images shares (--model, --split, --data, --json), parsed:
+    (arguments, the Predictor, the images to score, each one's class index) -- see labelled_images."""
+    from brain_tumor.inference import Predictor
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
+    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    predictor = Predictor(args.model)
+    paths, y = labelled_images(predictor, args.split, args.data)
+    return args, predictor, paths, y

@@ -13,7 +13,6 @@ slices look (a proxy of our own making for the original project's 253-image yes/
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import tumor_probability, tumor_scores
 from brain_tumor.trust import predict_logits, sequence_proxy
-from scripts._images import SPLIT_HELP, labelled_images
+from scripts._images import scored_images
 
 
 def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None) -> np.ndarray:
@@ -52,14 +51,7 @@ def film(gray: np.ndarray, rng) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
-    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    predictor = Predictor(args.model)
-    paths, y = labelled_images(predictor, args.split, args.data)
+    args, predictor, paths, y = scored_images(__doc__.split("\n")[0], argv)
     grays = [read_image(p) for p in paths]
     no_tumor = predictor.config.no_tumor_indices
     is_tumor = ~np.isin(y, no_tumor)

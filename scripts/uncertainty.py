@@ -9,7 +9,6 @@ and flip test-time augmentation (disagreement between the slice and its mirror i
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -17,21 +16,13 @@ import numpy as np
 import torch
 
 from brain_tumor.decode import read_image
-from brain_tumor.inference import Predictor
 from brain_tumor.metrics import auroc
 from brain_tumor.preprocess import to_tensor
-from scripts._images import SPLIT_HELP, labelled_images
+from scripts._images import scored_images
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--split", metavar="MODEL|SPLIT_JSON", help=SPLIT_HELP + " (default: the --model folder's)")
-    ap.add_argument("--data", metavar="DIR", help="a plain folder of class folders to score instead")
-    ap.add_argument("--json")
-    args = ap.parse_args(argv)
-    predictor = Predictor(args.model)
-    paths, y = labelled_images(predictor, args.split, args.data)
+    args, predictor, paths, y = scored_images(__doc__.split("\n")[0], argv)
     prepared = np.stack([predictor.prepare(read_image(p))[0] for p in paths])
     model, temperature = predictor.model, predictor.config.temperature
     logits, feats, flipped = [], [], []
