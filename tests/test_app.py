@@ -150,7 +150,8 @@ def test_every_example_gives_the_cli_answer(app, client, tiny_model_dir):
 
 
 def test_a_client_given_one_ssl_context_gets_the_same_answer(url, client, tmp_path):
-    """The README's faster client (one SSL context for every request) works and answers alike."""
+    """A client given its own SSL context (ssl_verify=SSLContext, as a user behind a private CA builds one) answers
+    alike."""
     import ssl
 
     from gradio_client import Client
