@@ -6,6 +6,11 @@ hooked layer onwards: the backbone's parameters are never part of the graph). At
 pass is needed at all: the score is linear in layer4's activations. Grad-CAM and Grad-CAM++ for any class come
 from the same activations and gradients. pytorch-grad-cam (``compute_with_library``) is the reference; tests
 check the fast maps against it.
+
+A target may be several layers, ``"layer3+layer4"`` or with weights ``"layer3:0.75+layer4:0.25"``: each layer's
+map is computed from the same pass and the maps are combined by a weighted geometric mean on the finest layer's
+grid (a cell is hot only where every layer agrees), so that a deep layer's coarse, class-specific map and a
+shallower layer's finer one sharpen each other.
 """
 from __future__ import annotations
 
@@ -36,10 +41,48 @@ def check_method(method: str) -> str:
 _STRIDES = {"conv1": 2, "bn1": 2, "relu": 2, "maxpool": 4, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
+def parse_layers(spec: str) -> list[tuple[str, float]]:
+    """A heat-map target as (layer, weight) pairs, weights summing to 1: ``"layer4"``, ``"layer3+layer4"`` (equal
+    weights) or ``"layer3:0.75+layer4:0.25"`` (a part without a weight shares what the others leave)."""
+    parts = []
+    for part in str(spec).split("+"):
+        name, _, weight = part.strip().partition(":")
+        if not name:
+            raise ValueError(f"empty layer name in heat-map target {spec!r}")
+        try:
+            w = float(weight) if weight else None
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} in heat-map target {spec!r}") from None
+        if w is not None and not (0 < w <= 1):
+            raise ValueError(f"layer weights must be in (0, 1], got {w:g} in {spec!r}")
+        parts.append((name, w))
+    if len({n for n, _ in parts}) != len(parts):
+        raise ValueError(f"a layer is named twice in heat-map target {spec!r}")
+    given = sum(w for _, w in parts if w is not None)
+    free = [n for n, w in parts if w is None]
+    if given > 1 + 1e-6 or (not free and abs(given - 1) > 1e-6) or (free and given >= 1):
+        raise ValueError(f"layer weights in {spec!r} must sum to 1")
+    rest = (1 - given) / len(free) if free else 0.0
+    return [(n, w if w is not None else rest) for n, w in parts]
+
+
 def layer_stride(name: str, output_stride: int = 32) -> int:
     """How many input pixels one cell of a ResNet layer's output spans (layer3: 16, layer4: 32, or 16 when
-    the last stage is dilated: ``output_stride`` 16)."""
-    return min(_STRIDES.get(name.split(".")[0], 1), output_stride)
+    the last stage is dilated: ``output_stride`` 16); for several layers, the finest one's."""
+    return min(min(_STRIDES.get(n.split(".")[0], 1), output_stride) for n, _ in parse_layers(name))
+
+
+def fuse(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted geometric mean of N x h x w maps in [0, 1] on one grid (each layer's map brought to the finest
+    grid first, cells centred as ``upsample`` draws them), rescaled so that each map's peak is 1."""
+    if len(maps) == 1:
+        return maps[0]
+    size = max(m.shape[-1] for m in maps)
+    out = np.ones_like(upsample(maps[0], size) if maps[0].shape[-1] != size else maps[0])
+    for m, w in zip(maps, weights):
+        out *= np.power(upsample(m, size) if m.shape[-1] != size else m, w)
+    peak = out.reshape(len(out), -1).max(1)[:, None, None] if len(out) else 1.0
+    return (out / np.maximum(peak, 1e-7)).astype(np.float32)
 
 
 def target_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -92,7 +135,7 @@ def _linear_head(model: torch.nn.Module, layer: torch.nn.Module) -> Optional[tor
 
 
 class OnePass:
-    """Forward once, keep the target layer's activations, and differentiate class scores w.r.t. them only.
+    """Forward once, keep the target layers' activations, and differentiate class scores w.r.t. them only.
 
     >>> run = OnePass(model, "layer3")
     >>> logits = run(x)                    # the prediction
@@ -100,8 +143,9 @@ class OnePass:
     - At the last stage (layer4 feeding average pooling and a linear head, eval mode) the score is linear in
       the activations, so d score / d A[k, i, j] = W[class, k] / (h * w) exactly: no backward pass at all;
       the forward pass runs in inference mode.
-    - Anywhere else (layer3, the default, or a sub-module path): autograd, from the hooked activations onwards
-      only; the graph is kept, so other classes' maps of the same pass need only another backward pass.
+    - Anywhere else (layer3, or a sub-module path): autograd, from the first hooked activations onwards only;
+      the graph is kept, so other classes' maps of the same pass need only another backward pass.
+    - Several layers (``"layer3+layer4"``, see ``parse_layers``): every layer's map from the same pass, fused.
     Not thread-safe (it holds one pass's tensors): one instance per request, or a lock around it.
     """
 
@@ -110,16 +154,23 @@ class OnePass:
         forward pass's own precision."""
         use_bf16(precision)  # validates
         self.model = model
-        self.layer = target_layer(model, layer)
-        self.head = _linear_head(model, self.layer)
-        self.activations: Optional[torch.Tensor] = None
+        parts = parse_layers(layer)
+        self.weights = [w for _, w in parts]
+        self.layers = [target_layer(model, name) for name, _ in parts]
+        self.heads = [_linear_head(model, m) for m in self.layers]
+        self.acts: list[Optional[torch.Tensor]] = [None] * len(self.layers)
         self.logits: Optional[torch.Tensor] = None
         self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
 
     @property
     def analytic(self) -> bool:
-        """True when the gradients come from the head's weights (no backward pass)."""
-        return self.head is not None
+        """True when every layer's gradients come from the head's weights (no backward pass)."""
+        return all(h is not None for h in self.heads)
+
+    @property
+    def activations(self) -> Optional[torch.Tensor]:
+        """The (first) target layer's activations of the last pass."""
+        return self.acts[0]
 
     def _forward(self, x: torch.Tensor) -> None:
         if hasattr(self.model, "forward_with_features"):
@@ -129,15 +180,17 @@ class OnePass:
             self.logits = self.model(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        def hook(_module, _inputs, output):
-            if self.analytic:
-                self.activations = output
-                return None
-            output = output.detach().requires_grad_(True)
-            self.activations = output
-            return output
+        def hook_for(i: int):
+            def hook(_module, _inputs, output):
+                if self.analytic or output.requires_grad:  # (a later layer: already in the graph)
+                    self.acts[i] = output
+                    return None
+                output = output.detach().requires_grad_(True)  # the graph starts here
+                self.acts[i] = output
+                return output
+            return hook
 
-        handles = [self.layer.register_forward_hook(hook)]
+        handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(self.layers)]
         was_training = self.model.training
         if was_training:  # (.eval()/.train() walk every module: ~0.6 ms each, skipped when already in eval mode)
             self.model.eval()
@@ -163,23 +216,35 @@ class OnePass:
                 self.model.train()
         return self.logits.detach()
 
-    def grads(self, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """d(logit of each image's class) / d(activations), for the last pass."""
-        if self.logits is None or self.activations is None:
+    def layer_grads(self, classes: Sequence[int] | torch.Tensor) -> list[torch.Tensor]:
+        """d(logit of each image's class) / d(activations) for every target layer, for the last pass."""
+        if self.logits is None or any(a is None for a in self.acts):
             raise RuntimeError("call the OnePass object on a batch first")
         classes = torch.as_tensor(classes, dtype=torch.long).view(-1)
-        if self.analytic:  # the head's weight row, spread evenly by the average pooling
-            with torch.inference_mode():
-                n, _, h, w = self.activations.shape
-                return (self.head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
-        score = self.logits.gather(1, classes.view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(score, self.activations, retain_graph=True)
-        return grad
+        out: list[Optional[torch.Tensor]] = [None] * len(self.acts)
+        for i, (head, act) in enumerate(zip(self.heads, self.acts)):
+            if head is not None:  # the head's weight row, spread evenly by the average pooling
+                with torch.inference_mode():
+                    n, _, h, w = act.shape
+                    out[i] = (head.weight[classes] / (h * w))[:, :, None, None].expand(n, -1, h, w)
+        todo = [i for i, g in enumerate(out) if g is None]
+        if todo:
+            score = self.logits.gather(1, classes.view(-1, 1)).sum()
+            for i, g in zip(todo, torch.autograd.grad(score, [self.acts[i] for i in todo], retain_graph=True)):
+                out[i] = g
+        return out
+
+    def grads(self, classes: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """d(logit of each image's class) / d(activations) of the (first) target layer, for the last pass."""
+        return self.layer_grads(classes)[0]
 
     def cams(self, classes: Sequence[int] | torch.Tensor, method: str = "gradcam") -> np.ndarray:
-        """Maps of the given class per image, at the layer's resolution, in [0, 1]."""
+        """Maps of the given class per image, in [0, 1], at the layer's resolution (several layers: fused on the
+        finest layer's grid)."""
         with torch.inference_mode(self.analytic):
-            return cam_from_grads(self.activations.detach(), self.grads(classes), method)
+            grads = self.layer_grads(classes)
+            maps = [cam_from_grads(a.detach(), g, method) for a, g in zip(self.acts, grads)]
+        return fuse(maps, self.weights)
 
 
 def compute_with_library(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], method: str,
@@ -196,6 +261,16 @@ def compute_with_library(model: torch.nn.Module, x: torch.Tensor, classes: Seque
         maps = cam(input_tensor=x.detach().contiguous().requires_grad_(True), targets=[ClassifierOutputTarget(int(c)) for c in classes])
     model.train(was_training)
     return np.asarray(maps, dtype=np.float32)
+
+
+def library_maps(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], method: str, layer: str,
+                 output_stride: int = 32) -> np.ndarray:
+    """pytorch-grad-cam's maps of each target layer, each cell moved to its receptive field's centre
+    (``recentre``), fused as the one-pass maps are: N x H x W in [0, 1] at input resolution."""
+    parts = parse_layers(layer)
+    maps = [recentre(compute_with_library(model, x, classes, method, name), layer_stride(name, output_stride))
+            for name, _ in parts]
+    return fuse(maps, [w for _, w in parts])
 
 
 def upsample(maps: np.ndarray, size: int, centred: bool = True) -> np.ndarray:

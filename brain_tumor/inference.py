@@ -19,7 +19,7 @@ import torch
 from .config import native_bf16, use_bf16
 from .decode import ImageReadError, read_image
 from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
-from .explain import FAST_METHODS, OnePass, check_method, compute_with_library, layer_stride, recentre, upsample
+from .explain import FAST_METHODS, OnePass, check_method, library_maps, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
 from .verdict import NEEDS_REVIEW, NOT_MRI, Verdict, decide  # noqa: F401  (NEEDS_REVIEW, NOT_MRI: public names)
@@ -203,8 +203,8 @@ class Predictor:
                     probs, pred = self._answer(logits)
                     if heatmaps:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
-                        maps = recentre(compute_with_library(self.model, x, classes, method, self.config.cam_layer),
-                                        layer_stride(self.config.cam_layer, self.config.output_stride))
+                        maps = library_maps(self.model, x, classes, method, self.config.cam_layer,
+                                            self.config.output_stride)
             if maps is not None and self.config.cam_power != 1.0:
                 maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
             mri = self._looks_like_mri(features, grays[start:start + batch_size])

@@ -6,6 +6,11 @@ other slices.
     python -m scripts.heatmaps --model model --boxes ../shared/data/tumor-boxes-sample \
         --boxes ../shared/data/lgg-segmentation --split model --heads model --apply
 
+``--layers`` may name several layers as one target, fused (explain.parse_layers): ``layer3+layer4``,
+``layer3:0.75+layer4``. With several ``--boxes`` roots each root is scored on its own and a row's figures are the
+mean over the roots, so that a large set of one tumour type cannot carry the choice alone (per-root figures in
+the row's ``by_source``).
+
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
 inside the head (on the other slices when given: the border-shortcut check), the highest pointing
@@ -48,6 +53,17 @@ def score(predictor: Predictor, grays, boxes, method: str, layer: str, power: fl
             "heat_in_head": float(np.mean(in_head)), "n_boxes": len(hits), "n": len(grays)}
 
 
+def score_sets(predictor: Predictor, sets: dict, method: str, layer: str, power: float = 1.0) -> dict:
+    """``score`` on each box set ({root: (grays, boxes)}); with several, the figures are the mean over the sets."""
+    by = {root: score(predictor, grays, boxes, method, layer, power) for root, (grays, boxes) in sets.items()}
+    if len(by) == 1:
+        return next(iter(by.values()))
+    keys = ("pointing_game", "heat_in_box", "heat_in_head")
+    out = {k: float(np.mean([r[k] for r in by.values()])) for k in keys}
+    out.update(n_boxes=sum(r["n_boxes"] for r in by.values()), n=sum(r["n"] for r in by.values()), by_source=by)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
@@ -68,9 +84,12 @@ def main(argv=None) -> int:
     predictor = Predictor(args.model)
     original_layer = predictor.config.cam_layer
     args.boxes = args.boxes or ["../shared/data/tumor-boxes-sample"]
-    box_paths = _box_slices(args.boxes, args.split)
-    box_grays = [read_image(p) for p in box_paths]
-    boxes = [read_yolo_box(p.with_suffix(".txt")) for p in box_paths]
+    sets = {}
+    for root in args.boxes:
+        paths = _box_slices([root], args.split)
+        if not paths:
+            raise SystemExit(f"no tumour slices with box files under {root}")
+        sets[root] = ([read_image(p) for p in paths], [read_yolo_box(p.with_suffix(".txt")) for p in paths])
     head_grays = []
     if args.heads:
         pool = split_images(args.heads).paths if is_split(args.heads) else list_images(args.heads)
@@ -80,7 +99,7 @@ def main(argv=None) -> int:
     original_power = predictor.config.cam_power
     powers = [float(v) for v in args.powers.split(",")]
     for layer, method, power in itertools.product(args.layers.split(","), args.methods.split(","), powers):
-        r = score(predictor, box_grays, boxes, method, layer, power)
+        r = score_sets(predictor, sets, method, layer, power)
         if head_grays:
             r["heat_in_head_other_slices"] = score(predictor, head_grays, [None] * len(head_grays),
                                                    method, layer, power)["heat_in_head"]
@@ -124,8 +143,9 @@ def apply_best(folder: Path, rows: list[dict], boxes: str) -> None:
     c.cam_layer, c.cam_method, c.cam_power = best["layer"], best["method"], best["power"]
     c.metrics["heatmaps"] = {
         **{k: best.get(k) for k in ("method", "layer", "power", "n_boxes", "pointing_game", "heat_in_box",
-                                     "heat_in_head", "heat_in_head_other_slices")},
-        "data": f"{', '.join(boxes)} ({best['n_boxes']} slices)",
+                                     "heat_in_head", "heat_in_head_other_slices", "by_source") if k in best},
+        "data": f"{', '.join(boxes)} ({best['n_boxes']} slices"
+                + (", figures the mean over the sets)" if "by_source" in best else ")"),
         "why": "Chosen as the best pointing game (+ half the heat-in-box share) among maps keeping "
                f">= {MIN_HEAT_IN_HEAD:.2f} of their heat inside the head, of (pointing / in box / in head): "
                + ", ".join(f"{r['method']}@{r['layer']}^{r['power']:g} {r['pointing_game']:.2f}/{r['heat_in_box']:.2f}/"

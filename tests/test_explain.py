@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from brain_tumor.preprocess import to_tensor
-from brain_tumor.explain import HEAT_FLOOR, OnePass, compute_with_library, layer_stride, overlay, recentre, upsample
+from brain_tumor.explain import (HEAT_FLOOR, OnePass, compute_with_library, fuse, layer_stride, library_maps, overlay,
+                                 parse_layers, recentre, upsample)
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model
 from conftest import CLASSES, synthetic_slice
@@ -51,6 +52,64 @@ def test_one_pass_maps_match_pytorch_grad_cam(model, method, layer, precision):
     assert compared >= 4
     with torch.no_grad():
         assert torch.allclose(logits, model(x), atol=1e-5)  # the same forward pass gives the prediction
+
+
+def test_layer_specs_parse_to_weights_that_sum_to_one():
+    assert parse_layers("layer4") == [("layer4", 1.0)]
+    assert parse_layers("layer3+layer4") == [("layer3", 0.5), ("layer4", 0.5)]
+    assert parse_layers("layer3:0.75+layer4") == [("layer3", 0.75), ("layer4", 0.25)]
+    assert parse_layers("layer2:0.2+layer3:0.3+layer4:0.5") == [("layer2", 0.2), ("layer3", 0.3), ("layer4", 0.5)]
+    for bad in ["layer3:0.7+layer4:0.7", "layer3:1+layer4", "layer3+layer3", "layer3:x", "+layer4", "layer4:0"]:
+        with pytest.raises(ValueError):
+            parse_layers(bad)
+    assert layer_stride("layer3+layer4") == 16 and layer_stride("layer4") == 32
+
+
+def test_fused_map_is_the_weighted_geometric_mean_on_the_finest_grid():
+    a = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    b = np.random.default_rng(1).random((2, 4, 4)).astype(np.float32)
+    out = fuse([a, b], [0.75, 0.25])
+    expect = a ** 0.75 * upsample(b, 8) ** 0.25
+    expect /= expect.reshape(2, -1).max(1)[:, None, None]
+    assert out.shape == (2, 8, 8) and np.allclose(out, expect, atol=1e-6)
+    assert np.allclose(out.reshape(2, -1).max(1), 1.0)
+    cold = a.copy()
+    cold[:, 2, 3] = 0  # a cell one layer calls cold stays cold, however hot the other
+    assert fuse([cold, np.ones_like(cold)], [0.5, 0.5])[:, 2, 3].max() == 0
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_several_layers_from_one_pass_fuse_each_layers_own_map(model, method):
+    x = to_tensor(np.stack([synthetic_slice(200 + i, 64, tumor=i % 2 == 0) for i in range(3)]))
+    both = OnePass(model, "layer3:0.6+layer4")
+    logits = both(x)
+    assert not both.analytic  # layer3 needs autograd; layer4's gradient still comes from the head
+    classes = logits.argmax(1)
+    maps = {}
+    for layer in ("layer3", "layer4"):
+        one = OnePass(model, layer)
+        assert torch.allclose(one(x), logits, atol=1e-5)
+        maps[layer] = one.cams(classes, method)
+    assert np.allclose(both.cams(classes, method), fuse([maps["layer3"], maps["layer4"]], [0.6, 0.4]), atol=1e-4)
+    # the library path fuses its own maps of each layer the same way (each moved to its cells' centres)
+    lib = library_maps(model, x, classes.tolist(), method, "layer3:0.6+layer4", model.config.output_stride)
+    ref = fuse([recentre(compute_with_library(model, x, classes.tolist(), method, n),
+                         layer_stride(n, model.config.output_stride)) for n in ("layer3", "layer4")], [0.6, 0.4])
+    assert lib.shape == (3, 64, 64) and np.allclose(lib, ref, atol=1e-5)
+
+
+def test_predictor_serves_a_fused_target_from_its_config(model):
+    p = Predictor(model)
+    gray = synthetic_slice(7, 64, tumor=True)
+    p.config.cam_layer = "layer3+layer4"
+    fused = p.predict([gray], heatmaps=True)[0]
+    parts = []
+    for layer in ("layer3", "layer4"):
+        p.config.cam_layer = layer
+        parts.append(p.predict([gray], heatmaps=True)[0].heatmap)
+    p.config.cam_layer = "layer4"
+    assert fused.heatmap.shape == parts[0].shape
+    assert np.corrcoef(fused.heatmap.ravel(), np.sqrt(parts[0] * parts[1]).ravel())[0, 1] > 0.95
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
