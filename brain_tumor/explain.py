@@ -78,7 +78,7 @@ def fuse(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     if len(maps) == 1:
         return maps[0]
     size = max(m.shape[-1] for m in maps)
-    out = np.ones_like(upsample(maps[0], size) if maps[0].shape[-1] != size else maps[0])
+    out = np.ones((len(maps[0]), size, size), np.float32)
     for m, w in zip(maps, weights):
         out *= np.power(upsample(m, size) if m.shape[-1] != size else m, w)
     peak = out.reshape(len(out), -1).max(1)[:, None, None] if len(out) else 1.0
