@@ -47,7 +47,7 @@ class ModelConfig:
     dropout: float = 0.2
     output_stride: int = 32  # 16: layer4 keeps layer3's grid (stride 1, dilation 2), a 4x finer last-layer map
     temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
-    cam_layer: str = "layer4"  # heat-map target layer, chosen by scripts/heatmaps.py
+    cam_layer: str = "layer4"  # heat-map target layer, or layers fused ("layer3:0.75+layer4"), chosen by scripts/heatmaps.py
     cam_method: str = "gradcam"  # default heat-map method, chosen the same way
     cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
