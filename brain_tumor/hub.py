@@ -32,7 +32,11 @@ def _trust_section(config: ModelConfig) -> list[str]:
                      f"field. On tumour slices with boxes ({h.get('data', 'figshare sample')}): pointing game "
                      f"{_fmt(h.get('pointing_game'))}, heat inside the box {_fmt(h.get('heat_in_box'))}, heat inside "
                      f"the head {_fmt(h.get('heat_in_head'))}"
-                     + (f" ({_fmt(other)} on validation slices)" if other is not None else "") + f". {h.get('why', '')}")
+                     + (f" ({_fmt(other)} on validation slices)" if other is not None else "")
+                     + "".join(f"; {Path(root).name}: {_fmt(r.get('pointing_game'))} / {_fmt(r.get('heat_in_box'))} / "
+                               f"{_fmt(r.get('heat_in_head'))} ({r.get('n_boxes')} slices)"
+                               for root, r in (h.get("by_source") or {}).items())
+                     + f". {h.get('why', '')}")
     c = m.get("calibration")
     if c:
         lines.append(f"- Calibration: temperature {c['temperature']:.2f} fitted on the grouped validation split; "

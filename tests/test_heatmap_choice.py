@@ -41,4 +41,6 @@ def test_each_box_set_counts_alike_and_the_best_fused_target_is_applied(tiny_mod
     config = json.loads((model / "config.json").read_text())
     assert (config["cam_layer"], config["cam_power"]) == (best["layer"], best["power"])
     assert config["metrics"]["heatmaps"]["by_source"] == best["by_source"]
-    assert best["layer"] in (model / "README.md").read_text()  # the card names the served map
+    card = (model / "README.md").read_text()
+    assert best["layer"] in card  # the card names the served map, and each box set's own figures beside the mean
+    assert "big: " in card and "(6 slices)" in card and "small: " in card and "(2 slices)" in card
