@@ -65,6 +65,9 @@ def parse_args(argv=None) -> TrainConfig:
                    help="no skull stripping, bias field, ghosting, motion, Gibbs, noise, low resolution, film looks")
     p.add_argument("--strip-p", type=float, default=d.strip_p, help="share of training slices skull-stripped")
     p.add_argument("--artefact-p", type=float, default=d.artefact_p, help="share of slices given each MRI artefact")
+    p.add_argument("--ema", type=float, default=d.ema,
+                   help="decay per step of a moving average of the weights, which is then what is validated, "
+                        "selected and saved (e.g. 0.998; 0: off)")
     p.add_argument("--loc-weight", type=float, default=d.loc_weight,
                    help="heat-map objective: weight of the class activation outside the tumour mask (masked slices)")
     p.add_argument("--head-weight", type=float, default=d.head_weight,

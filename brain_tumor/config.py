@@ -108,6 +108,9 @@ class TrainConfig:
     mri_aug: bool = True  # skull stripping, bias field, ghosting, motion, Gibbs, Rician noise, low resolution, film
     strip_p: float = 0.15  # share of training images skull-stripped
     artefact_p: float = 0.12  # share of training images given each MRI artefact
+    ema: float = 0.0  # decay per step of an exponential moving average of the weights (and BN statistics); 0: off.
+    # When on, the average is what is validated, selected and saved (timm's ModelEma; smoother, usually better
+    # on shifted data); 0.998 averages over about 500 steps.
     loc_weight: float = 1.0  # weight of the heat-map objective: CAM mass outside the tumour mask (masked slices)
     head_weight: float = 0.1  # weight of CAM mass outside the head, on tumour slices without a mask
     device: str = "auto"  # auto (CUDA where available) | cpu | cuda; under torchrun each rank takes its local GPU
@@ -142,6 +145,7 @@ class TrainConfig:
             (unit(self.source_balance), "source_balance must be between 0 and 1"),
             (self.epoch_size >= 0, "epoch_size must be >= 0"),
             (unit(self.strip_p) and unit(self.artefact_p), "strip_p and artefact_p must be in [0, 1]"),
+            (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
             (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.max_images >= 0, "max_images must be >= 0 (0: all)"),

@@ -85,7 +85,8 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
 def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, optimizer,
                     cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train",
                     masks: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
-                    world: Optional[World] = None, net: Optional[torch.nn.Module] = None, scaler=None) -> dict:
+                    world: Optional[World] = None, net: Optional[torch.nn.Module] = None, scaler=None,
+                    ema=None) -> dict:
     """One epoch: ``cfg.epoch_size`` images (default: as many as there are) drawn by ``weights`` (default: each
     once, in random order). Returns mean loss, mean heat-map loss and accuracy (of this rank's shares).
 
@@ -93,7 +94,8 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
     Under torchrun (``world``, ``net`` = the DDP wrapper) every rank draws and augments the same global batch of
     ``cfg.batch_size`` x world size images and trains on its own share of it. The forward pass runs under
     autocast where ``cfg.precision`` asks for it (autocast_dtype): on CPUs with native bf16 about 1.6x faster;
-    parameters, gradients, optimizer state and evaluation stay fp32."""
+    parameters, gradients, optimizer state and evaluation stay fp32. ``ema`` (make_ema) is updated after every
+    step."""
     world = world or World()
     net = net or model
     model.train()
@@ -133,6 +135,8 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         else:
             (loss + loc).backward()
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         total_loss += loss.item() * len(y)
@@ -220,8 +224,9 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _save_state(path: Path, model, optimizer, scheduler, progress: "Progress", gen, cfg) -> None:
+def _save_state(path: Path, model, optimizer, scheduler, progress: "Progress", gen, cfg, ema=None) -> None:
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "ema": None if ema is None else ema.state_dict(),
              "scheduler": scheduler.state_dict(), "epoch": progress.epoch, "generator": gen.get_state(),
              "best_model": progress.best_model, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
              "history": json.dumps(progress.history), "config": json.dumps(asdict(cfg))}
@@ -318,11 +323,13 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
                                                                      world, log)
         gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
         torch.manual_seed(cfg.seed)
-        progress = resume(state_file(out), cfg, model, optimizer, scheduler, gen, world, log)
+        ema = make_ema(model, cfg.ema)
+        progress = resume(state_file(out), cfg, model, optimizer, scheduler, gen, world, log, ema)
         train_epochs(progress, cfg, model, net, optimizer, (scheduler, per_step), scaler, gen, sets, weights, world,
-                     log, out)
+                     log, out, ema)
         if world.main:
-            finish(progress, cfg, model, data, sets, share, world, log, out, command, started)
+            finish(progress, cfg, model if ema is None else ema.module, data, sets, share, world, log, out, command,
+                   started)
         return out
     finally:
         teardown(world)
@@ -370,6 +377,16 @@ def build(cfg: TrainConfig, classes: list[str], n_train: int, world: World, log)
     return model, net, optimizer, scheduler, scaler
 
 
+def make_ema(model: TumorClassifier, decay: float):
+    """An exponential moving average of ``model``'s weights and batch-norm statistics (decay per step), or None
+    for decay 0. Its ``.module`` is a TumorClassifier like ``model``."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 @dataclass
 class Progress:
     """Where a run stands: epochs done, their history, the best epoch so far (its score and weights)."""
@@ -383,9 +400,9 @@ class Progress:
 
 
 def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen: torch.Generator, world: World,
-           log) -> Progress:
+           log, ema=None) -> Progress:
     """A fresh Progress, or the saved state of this same run (RESUME_KEYS must match) loaded into the model,
-    optimizer, schedule and generator."""
+    optimizer, schedule, generator and weight average."""
     if not state_path.exists():
         return Progress()
     state = torch.load(state_path, weights_only=True, map_location=world.device)
@@ -401,15 +418,20 @@ def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
+    if ema is not None:
+        if state.get("ema") is None:
+            raise ValueError(f"{state_path} was saved without --ema; resume it without --ema, or use another --out")
+        ema.load_state_dict(state["ema"])
     log(f"resuming from {state_path} after epoch {int(state['epoch'])}")
     return Progress(int(state["epoch"]), json.loads(state["history"]), float(state["best_score"]),
                     int(state["best_epoch"]), state["best_model"], resumed_after=int(state["epoch"]))
 
 
 def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, scheduler, scaler, gen, sets, weights,
-                 world: World, log, out: Path) -> None:
+                 world: World, log, out: Path, ema=None) -> None:
     """The epochs still to run: train one (train_one_epoch), validate on rank 0 (validate), keep the best by the
-    group score, save progress and curves, stop early after ``cfg.patience`` epochs without a better score."""
+    group score, save progress and curves, stop early after ``cfg.patience`` epochs without a better score.
+    With ``ema`` (make_ema) the moving average is what is validated and kept."""
     scheduler, per_step = scheduler
     state_path = state_file(out)
     since_best = 0 if progress.best_epoch < 0 else progress.epoch - progress.best_epoch
@@ -419,11 +441,13 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
             t0 = time.time()
             tr = train_one_epoch(model, sets["x_train"], sets["y_train"], optimizer, cfg, gen,
                                  scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}",
-                                 masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler)
+                                 masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler,
+                                 ema=ema)
             progress.epoch = epoch
             stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions
-                val = validate(model, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
+                judged = model if ema is None else ema.module
+                val = validate(judged, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
                 val_loss = val["loss"]
                 row = {"epoch": epoch, "train_loss": tr["loss"], "train_loc_loss": tr["loc_loss"],
                        "train_acc": tr["acc"], "val_loss": val["loss"], "val_acc": val["pooled"]["accuracy"],
@@ -434,11 +458,11 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
                 _log_validation(log, epoch, tr, val, row["seconds"])
                 if val["score"] > progress.best_score:
                     progress.best_score, progress.best_epoch = val["score"], epoch
-                    progress.best_model = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    progress.best_model = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
                     since_best = 0
                 else:
                     since_best += 1
-                _save_state(state_path, model, optimizer, scheduler, progress, gen, cfg)
+                _save_state(state_path, model, optimizer, scheduler, progress, gen, cfg, ema)
                 plot_history(progress.history, out / "training_curves.png")
                 stop = float(bool(cfg.patience and since_best >= cfg.patience))
             val_loss, stop = world.broadcast(val_loss), world.broadcast(stop)
@@ -456,7 +480,7 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
 
 def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world: World, log, out: Path,
            command: str, started: float) -> None:
-    """The best epoch's weights, calibrated (temperature, abstention, MRI detector), scored (validation by group,
+    """The best epoch's weights (of the moving average with --ema), calibrated (temperature, abstention, MRI detector), scored (validation by group,
     the inverted-contrast proxy, Testing/ where a root has one), described and written with its model card."""
     x_train, y_train, x_val, y_val = sets["x_train"], sets["y_train"], sets["x_val"], sets["y_val"]
     model = model.cpu()

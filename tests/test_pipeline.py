@@ -83,6 +83,56 @@ def test_interrupted_training_resumes_from_the_last_epoch(class_folders, tmp_pat
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_weight_average_follows_its_decay_and_batch_norm_statistics():
+    from brain_tumor.engine import make_ema
+    from brain_tumor.model import create_model
+
+    model = create_model(CLASSES, init="scratch", img_size=32)
+    assert make_ema(model, 0.0) is None
+    ema = make_ema(model, 0.75)
+    fc0 = model.net.fc[-1].weight.detach().clone()
+    bn0 = model.net.bn1.running_mean.detach().clone()
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.net.fc[-1].weight.add_(1.0)
+        model.net.bn1.running_mean.add_(2.0)
+    ema.update_parameters(model)
+    avg = ema.module
+    assert torch.allclose(avg.net.fc[-1].weight, fc0 + 0.25, atol=1e-6)
+    assert torch.allclose(avg.net.bn1.running_mean, bn0 + 0.5, atol=1e-6)
+    assert torch.allclose(model.net.fc[-1].weight, fc0 + 1.0)  # the trained weights are left alone
+
+
+@pytest.mark.slow
+def test_training_with_a_weight_average_saves_the_average_and_resumes(class_folders, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from brain_tumor.engine import state_file
+
+    out = tmp_path / "model"
+    args = ["--data", str(class_folders), "--out", str(out), *TINY, "--ema", "0.9"]
+    args[args.index("--epochs") + 1] = "1"
+    assert train.main(args) == 0
+    state = torch.load(state_file(out), weights_only=True)
+    saved = load_file(str(out / "model.safetensors"))
+    key = "fc.1.weight"
+    averaged, raw = state["ema"]["module.net." + key], state["model"]["net." + key]
+    lag = (averaged - raw).abs().max()
+    assert lag > 1e-4  # the average lags the trained weights
+    assert (saved[key].float() - averaged).abs().max() < lag / 4  # and is what was saved (fp16)
+    assert json.loads((out / "config.json").read_text())["training"]["config"]["ema"] == 0.9
+    capsys.readouterr()
+    args[args.index("--epochs") + 1] = "2"
+    assert train.main(args) == 0
+    assert "after epoch 1" in capsys.readouterr().out
+    args[args.index("--epochs") + 1] = "3"
+    state = torch.load(state_file(out), weights_only=True)
+    state["ema"] = None
+    torch.save(state, state_file(out))
+    assert train.main(args) == 2  # a state without an average cannot resume one
+    assert "without --ema" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_kaggle_layout_scores_the_testing_split(tmp_path):
     root = tmp_path / "kaggle"
