@@ -418,9 +418,10 @@ def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
+    if (ema is None) != (state.get("ema") is None):
+        raise ValueError(f"{state_path} was saved {'without' if ema is not None else 'with'} --ema; resume it "
+                         f"{'without' if ema is not None else 'with'} --ema, or use another --out")
     if ema is not None:
-        if state.get("ema") is None:
-            raise ValueError(f"{state_path} was saved without --ema; resume it without --ema, or use another --out")
         ema.load_state_dict(state["ema"])
     log(f"resuming from {state_path} after epoch {int(state['epoch'])}")
     return Progress(int(state["epoch"]), json.loads(state["history"]), float(state["best_score"]),

@@ -130,7 +130,12 @@ def test_training_with_a_weight_average_saves_the_average_and_resumes(class_fold
     state["ema"] = None
     torch.save(state, state_file(out))
     assert train.main(args) == 2  # a state without an average cannot resume one
-    assert "without --ema" in capsys.readouterr().err
+    assert "saved without --ema" in capsys.readouterr().err
+    state["ema"] = {"n_averaged": torch.tensor(1)}
+    torch.save(state, state_file(out))
+    args[args.index("--ema") + 1] = "0"
+    assert train.main(args) == 2  # nor one with an average a run without
+    assert "saved with --ema" in capsys.readouterr().err
 
 
 @pytest.mark.slow
