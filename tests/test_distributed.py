@@ -101,20 +101,22 @@ def test_one_step_on_two_processes_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_write_one_model_folder(tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_torchrun_two_processes_write_one_model_folder(tmp_path, ema):
     data = write_class_folders(tmp_path / "data", per_class=4)
     out = tmp_path / "model"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(_free_port()), "train.py", "--data", str(data), "--out", str(out),
                           "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--init", "scratch",
-                          "--val-fraction", "0.25", "--device", "cpu", "--precision", "fp32"],
+                          "--val-fraction", "0.25", "--device", "cpu", "--precision", "fp32", "--ema", ema],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("wrote ") == 1  # rank 0 alone logs and writes
     assert "distributed: 2 processes (gloo), global batch 8" in run.stdout
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["training"]["world_size"] == 2 and cfg["training"]["global_batch"] == 8
+    assert cfg["training"]["config"]["ema"] == float(ema)
     model = load_model(str(out))
     assert model.targets == CLASSES
     with torch.no_grad():
