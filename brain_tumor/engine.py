@@ -481,8 +481,9 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
 
 def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world: World, log, out: Path,
            command: str, started: float) -> None:
-    """The best epoch's weights (of the moving average with --ema), calibrated (temperature, abstention, MRI detector), scored (validation by group,
-    the inverted-contrast proxy, Testing/ where a root has one), described and written with its model card."""
+    """The best epoch's weights (of the moving average with --ema), calibrated (temperature, abstention, MRI
+    detector), scored (validation by group, the inverted-contrast proxy, Testing/ where a root has one), described
+    and written with its model card."""
     x_train, y_train, x_val, y_val = sets["x_train"], sets["y_train"], sets["x_val"], sets["y_val"]
     model = model.cpu()
     if progress.best_model is not None:

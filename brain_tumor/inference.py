@@ -105,8 +105,8 @@ class Predictor:
         ``bf16_answer``: run the answer's forward pass under bfloat16 autocast, where the CPU computes bf16
         natively (ignored elsewhere, where it would be slower). On the build machine the forward pass is about
         1.3x faster at batch 1 and 1.8x at batch 32 (release 2; more with release 3, see docs/performance.md), with the
-        same answer for all but one of the 1,466 grouped validation slices and calibrated probabilities within 0.01
-        of fp32's (benchmarks/inference_options.py).
+        same answer for all but one of the 1,466 grouped validation slices (release 3) and calibrated probabilities
+        within 0.01 of fp32's (benchmarks/inference_options.py).
         Off by default: the published figures, calibration and thresholds are fp32's.
 
         ``device``: ``cpu`` (default), ``cuda`` or ``auto`` (CUDA where torch sees a GPU). On a GPU the answer runs
