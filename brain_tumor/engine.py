@@ -418,9 +418,10 @@ def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
-    if (ema is None) != (state.get("ema") is None):
-        raise ValueError(f"{state_path} was saved {'without' if ema is not None else 'with'} --ema; resume it "
-                         f"{'without' if ema is not None else 'with'} --ema, or use another --out")
+    saved_with_ema = state.get("ema") is not None
+    if saved_with_ema != (ema is not None):
+        how = "with" if saved_with_ema else "without"
+        raise ValueError(f"{state_path} was saved {how} --ema; resume it {how} --ema, or use another --out")
     if ema is not None:
         ema.load_state_dict(state["ema"])
     log(f"resuming from {state_path} after epoch {int(state['epoch'])}")
