@@ -68,6 +68,15 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--ema", type=float, default=d.ema,
                    help="decay per step of a moving average of the weights, which is then what is validated, "
                         "selected and saved (e.g. 0.998; 0: off)")
+    p.add_argument("--distill", default=d.distill, metavar="MODEL",
+                   help="a model folder or Hub id whose answers this run also learns, on the slices of "
+                        "--distill-source (so that training on new sources does not forget an old one)")
+    p.add_argument("--distill-source", default=d.distill_source, metavar="GROUP",
+                   help="the source (data root's name, e.g. brain-tumor-mri) or source/sequence the --distill "
+                        "model scores (default: every slice)")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="weight of the distillation term")
+    p.add_argument("--distill-temperature", type=float, default=d.distill_temperature,
+                   help="temperature softening both answers in the distillation term")
     p.add_argument("--loc-weight", type=float, default=d.loc_weight,
                    help="heat-map objective: weight of the class activation outside the tumour mask (masked slices)")
     p.add_argument("--head-weight", type=float, default=d.head_weight,

@@ -206,13 +206,25 @@ def _monai_transforms():
 def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3,
             mask: Optional[torch.Tensor] = None, mri: bool = False, strip_p: float = 0.15,
             artefact_p: float = 0.15, film_p: float = 0.05):
-    """The full training augmentation of an N x 1 x S x S batch in [0, 1].
+    """The full training augmentation of an N x 1 x S x S batch in [0, 1]: augment_geometry, then
+    augment_appearance.
 
     ``mask`` (N x 1 x S x S, tumour masks) gets the same geometry; with a mask the return is (x, mask).
     ``mri`` adds the sequence, artefact and input-kind augmentations (skull stripping with probability
     ``strip_p``, each artefact with ``artefact_p``, film looks with ``film_p``)."""
+    x, mask, _ = augment_geometry(x, generator, mask=mask, mri=mri, strip_p=strip_p)
+    x = augment_appearance(x, generator, intensity, curve_p, mri=mri, artefact_p=artefact_p, film_p=film_p)
+    return (x, mask) if mask is not None else x
+
+
+def augment_geometry(x: torch.Tensor, generator: torch.Generator, mask: Optional[torch.Tensor] = None,
+                     mri: bool = False, strip_p: float = 0.15):
+    """The first half of ``augment``: skull stripping (with ``mri``), then flip, rotation, scale and shift (the
+    mask too). Returns (x, mask or None, which images were stripped). Its output is the 'weak' view a teacher
+    reads during distillation: the anatomy moved, the tissue contrast as acquired."""
     n = x.shape[0]
     zoom = None
+    stripped = torch.zeros(n, dtype=torch.bool)
     if mri:
         stripped = torch.rand(n, generator=generator) < strip_p
         x = skull_strip(x, stripped)
@@ -223,6 +235,14 @@ def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True,
         x, mask = both[:, :1], both[:, 1:]
     else:
         x = geometric(x, generator, zoom=zoom)
+    return x, mask, stripped
+
+
+def augment_appearance(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3,
+                       mri: bool = False, artefact_p: float = 0.15, film_p: float = 0.05) -> torch.Tensor:
+    """The second half of ``augment``: tissue-contrast curves, inversion and photometric changes (``intensity``),
+    then (with ``mri``) MRI artefacts and film looks."""
+    n = x.shape[0]
     if intensity:
         x = intensity_curve(x, generator, p=curve_p)
         if mri:
@@ -238,7 +258,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True,
         x = _monai(x, roll(), gibbs, generator)
         x = _monai(x, roll(), rician, generator)
         x = film(x, torch.rand(n, generator=generator) < film_p, generator)
-    return (x, mask) if mask is not None else x
+    return x
 
 
 def save_augmentation_grid(path: str, out: str, size: int = 224, n: int = 15, seed: int = 0) -> None:

@@ -111,6 +111,10 @@ class TrainConfig:
     ema: float = 0.0  # decay per step of an exponential moving average of the weights (and BN statistics); 0: off.
     # When on, the average is what is validated, selected and saved (timm's ModelEma; smoother, usually better
     # on shifted data); 0.998 averages over about 500 steps.
+    distill: str = ""  # a model folder / Hub id whose answers the student learns on --distill-source's slices
+    distill_source: str = ""  # the source (or source/sequence) group the teacher scores; "" = every slice
+    distill_weight: float = 1.0  # weight of the distillation term (engine.distillation_loss)
+    distill_temperature: float = 2.0  # softening of both answers in that term
     loc_weight: float = 1.0  # weight of the heat-map objective: CAM mass outside the tumour mask (masked slices)
     head_weight: float = 0.1  # weight of CAM mass outside the head, on tumour slices without a mask
     device: str = "auto"  # auto (CUDA where available) | cpu | cuda; under torchrun each rank takes its local GPU
@@ -146,6 +150,8 @@ class TrainConfig:
             (self.epoch_size >= 0, "epoch_size must be >= 0"),
             (unit(self.strip_p) and unit(self.artefact_p), "strip_p and artefact_p must be in [0, 1]"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
+            (self.distill_weight >= 0, "distill_weight must be >= 0"),
+            (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.max_images >= 0, "max_images must be >= 0 (0: all)"),

@@ -3,7 +3,8 @@
 Images of every data root are decoded and prepared once and held in memory as uint8; augmentation runs on
 whole batches as tensors (train_one_epoch). Each epoch draws its images with per-source weights
 (datasets.sampling_weights) so that no source dominates; tumour masks feed the heat-map objective
-(localisation_loss). The validation split is grouped by patient and near-duplicates (splits.split) and saved as
+(localisation_loss); with a teacher model, the slices of the sources it knows also learn its answers
+(distillation_loss). The validation split is grouped by patient and near-duplicates (splits.split) and saved as
 split.json beside the checkpoint; validation is reported per source and sequence (validate), and the best epoch
 is the one with the best metrics.selection_score over those groups. Progress is saved after every epoch
 (``<out>.train_state.pt`` beside the model folder, tensors only, loaded with weights_only=True), so Ctrl-C
@@ -25,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import augment, strip_view
+from .augment import augment_appearance, augment_geometry, strip_view
 from .config import TrainConfig, use_bf16
 from .preprocess import normalise
 from .distributed import World, setup, teardown
 from . import datasets, splits
 from .metrics import MIN_SUPPORT, format_group_table, group_reports, selection_score
-from .model import TumorClassifier, create_model, save_model
+from .model import TumorClassifier, create_model, load_model, save_model
 from .trust import evaluate_logits, predict_logits, record_calibration, sequence_proxy
 
 STATE_NAME = "train_state.pt"
@@ -72,6 +73,61 @@ def localisation_loss(model: TumorClassifier, maps: torch.Tensor, y: torch.Tenso
     return loss
 
 
+@dataclass
+class Teacher:
+    """A frozen earlier model whose answers the student learns on the sources it knows (``--distill``): what keeps
+    a model trained on new sources from forgetting an old one (learning without forgetting, Li & Hoiem 2016).
+
+    ``order`` maps the student's classes onto the teacher's logits; ``on`` marks the training images it scores."""
+
+    model: TumorClassifier
+    order: torch.Tensor
+    on: torch.Tensor
+
+    def logits(self, x01: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+        """The teacher's logits (in the student's class order) for N x 1 x S x S slices in [0, 1], read at its own
+        input size and normalisation."""
+        cfg = self.model.config
+        if x01.shape[-1] != cfg.img_size:
+            x01 = F.interpolate(x01, size=(cfg.img_size, cfg.img_size), mode="bilinear", align_corners=False,
+                                antialias=x01.shape[-1] > cfg.img_size)
+        with torch.no_grad(), torch.autocast(x01.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = self.model(normalise(x01, cfg.mean, cfg.std))
+        return out.float()[:, self.order]
+
+
+def load_teacher(cfg: TrainConfig, classes: list[str], groups: list[str], device: torch.device) -> Optional[Teacher]:
+    """The ``--distill`` model (a folder or Hub id, safetensors), frozen, scoring the training images whose
+    source/sequence group is ``--distill-source`` or lies under it (all images when that is empty). None without
+    ``--distill``. ValueError when its classes are not the student's or no training image is its to score."""
+    if not cfg.distill:
+        return None
+    model = load_model(cfg.distill)
+    theirs = list(model.config.class_names)
+    if sorted(theirs) != sorted(classes):
+        raise ValueError(f"the --distill model's classes {theirs} are not this run's {classes}")
+    src = cfg.distill_source.strip("/")
+    on = torch.tensor([not src or g == src or g.startswith(src + "/") for g in groups], dtype=torch.bool)
+    if not on.any():
+        raise ValueError(f"--distill-source {cfg.distill_source!r} names no training images; the groups are "
+                         f"{sorted(set(groups))}")
+    for q in model.parameters():
+        q.requires_grad_(False)
+    model = model.eval().to(device, memory_format=torch.channels_last)
+    return Teacher(model, torch.tensor([theirs.index(c) for c in classes], device=device), on)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, on: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: T^2 x KL(teacher || student) of the temperature-softened answers, summed over
+    the rows marked ``on`` and divided by all N rows (a batch with few such slices weighs in less). 0 when none."""
+    if not on.any():
+        return student.new_zeros(())
+    t = F.log_softmax(teacher[on].float() / temperature, 1)
+    s = F.log_softmax(student[on].float() / temperature, 1)
+    kl = (t.exp() * (t - s)).sum(1)
+    return temperature ** 2 * kl.sum() / len(student)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype of the training forward pass, or None for fp32. CPU: bf16 where native (use_bf16).
     CUDA: bf16 where the card has it, else fp16 (with a gradient scaler); 'fp32' turns autocast off."""
@@ -86,7 +142,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
                     cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train",
                     masks: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
                     world: Optional[World] = None, net: Optional[torch.nn.Module] = None, scaler=None,
-                    ema=None) -> dict:
+                    ema=None, teacher: Optional[Teacher] = None) -> dict:
     """One epoch: ``cfg.epoch_size`` images (default: as many as there are) drawn by ``weights`` (default: each
     once, in random order). Returns mean loss, mean heat-map loss and accuracy (of this rank's shares).
 
@@ -95,7 +151,9 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
     ``cfg.batch_size`` x world size images and trains on its own share of it. The forward pass runs under
     autocast where ``cfg.precision`` asks for it (autocast_dtype): on CPUs with native bf16 about 1.6x faster;
     parameters, gradients, optimizer state and evaluation stay fp32. ``ema`` (make_ema) is updated after every
-    step."""
+    step. With a ``teacher`` (load_teacher), its slices also learn its answers (distillation_loss): the teacher
+    reads each slice after the geometric augmentation only (not skull-stripped ones), the student after all of it,
+    so the student learns the teacher's answer whatever the contrast, artefacts or framing."""
     world = world or World()
     net = net or model
     model.train()
@@ -108,7 +166,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
     else:
         order = torch.multinomial(weights, draws, replacement=True, generator=generator)
     global_batch = cfg.batch_size * world.size
-    total_loss, total_loc, correct, seen = 0.0, 0.0, 0, 0
+    total_loss, total_loc, total_kd, correct, seen = 0.0, 0.0, 0.0, 0, 0
     bar = tqdm(range(0, draws, global_batch), desc=desc, unit="batch", leave=False, disable=not world.main)
     for start in bar:
         idx = order[start:start + global_batch]
@@ -117,23 +175,31 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         x = images[idx].float().div_(255).unsqueeze(1)
         y = labels[idx]
         m = masks[idx].float().unsqueeze(1) if masks is not None else None
-        out = augment(x, generator, cfg.intensity_aug, cfg.curve_p, mask=m, mri=cfg.mri_aug, strip_p=cfg.strip_p,
-                      artefact_p=cfg.artefact_p)
-        x, m = out if m is not None else (out, None)  # with a mask, augment returns (x, mask)
+        x, m, stripped = augment_geometry(x, generator, mask=m, mri=cfg.mri_aug, strip_p=cfg.strip_p)
+        weak = x
+        x = augment_appearance(x, generator, cfg.intensity_aug, cfg.curve_p, mri=cfg.mri_aug, artefact_p=cfg.artefact_p)
         mine = world.share(len(idx))
         x, y = x[mine].to(world.device, non_blocking=True), y[mine].to(world.device, non_blocking=True)
         m = m[mine].to(world.device, non_blocking=True) if m is not None else None
+        kd_on = t_logits = None
+        if teacher is not None:
+            kd_on = (teacher.on[idx] & ~stripped)[mine].to(world.device)
+            if kd_on.any():
+                t_logits = torch.zeros(len(y), len(teacher.order), device=world.device)
+                t_logits[kd_on] = teacher.logits(weak[mine].to(world.device)[kd_on], dtype)
         with torch.autocast(world.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits, _, maps = net(normalise(x, model.config.mean, model.config.std), with_maps=True)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loc = localisation_loss(model, maps, y, m, x, cfg) if m is not None else loss.new_zeros(())
+        kd = (cfg.distill_weight * distillation_loss(logits, t_logits, kd_on, cfg.distill_temperature)
+              if t_logits is not None else loss.new_zeros(()))
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
-            scaler.scale(loss + loc).backward()
+            scaler.scale(loss + loc + kd).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            (loss + loc).backward()
+            (loss + loc + kd).backward()
             optimizer.step()
         if ema is not None:
             ema.update_parameters(model)
@@ -141,10 +207,12 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
             scheduler.step()
         total_loss += loss.item() * len(y)
         total_loc += loc.item() * len(y)
+        total_kd += kd.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", loc=f"{total_loc / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return {"loss": total_loss / max(seen, 1), "loc_loss": total_loc / max(seen, 1), "acc": correct / max(seen, 1)}
+    return {"loss": total_loss / max(seen, 1), "loc_loss": total_loc / max(seen, 1),
+            "distill_loss": total_kd / max(seen, 1), "acc": correct / max(seen, 1)}
 
 
 @torch.inference_mode()
@@ -282,7 +350,8 @@ def load_data(cfg: TrainConfig, log, progress: bool = True) -> dict[str, Any]:
 
 def _log_validation(log, epoch: int, tr: dict, val: dict, seconds: float) -> None:
     p = val["pooled"]
-    log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} (heat-map {tr['loc_loss']:.4f}) acc {tr['acc']:.4f}  |  "
+    kd = f", distillation {tr['distill_loss']:.4f}" if tr.get("distill_loss") else ""
+    log(f"epoch {epoch:3d}  train loss {tr['loss']:.4f} (heat-map {tr['loc_loss']:.4f}{kd}) acc {tr['acc']:.4f}  |  "
         f"val loss {val['loss']:.4f} acc {p['accuracy']:.4f} tumour sens {p['tumor_sensitivity']:.3f} "
         f"spec {p['tumor_specificity']:.3f}  |  group score {val['score']:.4f}  |  {seconds:.0f}s")
     log(format_group_table(val["groups"], extra=("pointing_game",)))
@@ -303,6 +372,8 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     started = time.time()
     # fail before decoding anything when the initial weights cannot be had
     create_model(["a", "b"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
+    if cfg.distill:
+        load_model(cfg.distill)
     world = setup(cfg.device)
     log = log if world.main else (lambda *a, **k: None)
     out = Path(cfg.out)
@@ -324,9 +395,13 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
         gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
         torch.manual_seed(cfg.seed)
         ema = make_ema(model, cfg.ema)
+        teacher = load_teacher(cfg, data["classes"], sets["train_col"].groups(), world.device)
+        if teacher is not None:
+            log(f"distillation from {cfg.distill} (weight {cfg.distill_weight:g}, temperature "
+                f"{cfg.distill_temperature:g}) on {int(teacher.on.sum())} of {len(teacher.on)} training images")
         progress = resume(state_file(out), cfg, model, optimizer, scheduler, gen, world, log, ema)
         train_epochs(progress, cfg, model, net, optimizer, (scheduler, per_step), scaler, gen, sets, weights, world,
-                     log, out, ema)
+                     log, out, ema, teacher)
         if world.main:
             finish(progress, cfg, model if ema is None else ema.module, data, sets, share, world, log, out, command,
                    started)
@@ -430,10 +505,10 @@ def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen:
 
 
 def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, scheduler, scaler, gen, sets, weights,
-                 world: World, log, out: Path, ema=None) -> None:
+                 world: World, log, out: Path, ema=None, teacher: Optional[Teacher] = None) -> None:
     """The epochs still to run: train one (train_one_epoch), validate on rank 0 (validate), keep the best by the
     group score, save progress and curves, stop early after ``cfg.patience`` epochs without a better score.
-    With ``ema`` (make_ema) the moving average is what is validated and kept."""
+    With ``ema`` (make_ema) the moving average is what is validated and kept; ``teacher``: see train_one_epoch."""
     scheduler, per_step = scheduler
     state_path = state_file(out)
     since_best = 0 if progress.best_epoch < 0 else progress.epoch - progress.best_epoch
@@ -444,7 +519,7 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
             tr = train_one_epoch(model, sets["x_train"], sets["y_train"], optimizer, cfg, gen,
                                  scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}",
                                  masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler,
-                                 ema=ema)
+                                 ema=ema, teacher=teacher)
             progress.epoch = epoch
             stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions
@@ -452,6 +527,7 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
                 val = validate(judged, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
                 val_loss = val["loss"]
                 row = {"epoch": epoch, "train_loss": tr["loss"], "train_loc_loss": tr["loc_loss"],
+                       "train_distill_loss": tr["distill_loss"],
                        "train_acc": tr["acc"], "val_loss": val["loss"], "val_acc": val["pooled"]["accuracy"],
                        "val_tumor_sensitivity": val["pooled"]["tumor_sensitivity"], "val_score": val["score"],
                        "val_groups": val["groups"], "seconds": time.time() - t0,

@@ -138,6 +138,68 @@ def test_training_with_a_weight_average_saves_the_average_and_resumes(class_fold
     assert "saved with --ema" in capsys.readouterr().err
 
 
+def test_distillation_term_counts_only_its_rows_and_pulls_toward_the_teacher():
+    from brain_tumor.engine import distillation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 4)
+    on = torch.tensor([True, True, False, False, True, False])
+    student = teacher.clone()
+    student[~on] += 5 * torch.randn(int((~on).sum()), 4)  # rows it does not score may disagree freely
+    assert distillation_loss(student, teacher, on, 2.0).abs() < 1e-6
+    assert distillation_loss(student, teacher, torch.zeros(6, dtype=torch.bool), 2.0) == 0
+    s = torch.zeros(6, 4, requires_grad=True)
+    first = distillation_loss(s, teacher, on, 2.0)
+    assert first > 0
+    first.backward()
+    assert torch.all(s.grad[~on] == 0) and s.grad[on].abs().sum() > 0
+    with torch.no_grad():
+        after = distillation_loss(s - 1.0 * s.grad, teacher, on, 2.0)
+    assert after < first  # a step down the gradient moves the student's answers toward the teacher's
+
+
+@pytest.mark.slow
+def test_training_with_a_teacher_learns_its_answers_on_its_source_only(class_folders, tmp_path, capsys):
+    from brain_tumor.augment import augment_appearance, augment_geometry
+    from brain_tumor.model import create_model, save_model
+
+    torch.manual_seed(1)
+    teacher_dir = tmp_path / "teacher"
+    save_model(create_model(list(reversed(CLASSES)), init="scratch", img_size=48).eval(), teacher_dir)
+    other = tmp_path / "other"
+    write_class_folders(other, classes=CLASSES[:2])
+    out = tmp_path / "model"
+    args = ["--data", str(class_folders), "--data", str(other), "--out", str(out), *TINY, "--distill", str(teacher_dir),
+            "--distill-source", class_folders.name, "--distill-weight", "2", "--strip-p", "0"]
+    args[args.index("--epochs") + 1] = "1"
+    assert train.main(args) == 0
+    log = capsys.readouterr().out
+    assert re.search(r"distillation from .* on \d+ of \d+ training images", log)
+    n_on, n_all = map(int, re.search(r"on (\d+) of (\d+) training images", log).groups())
+    assert 0 < n_on < n_all  # the other root's slices are not the teacher's
+    row = json.loads((out / "config.json").read_text())["training"]["history"][0]
+    assert row["train_distill_loss"] > 0
+    cfg = json.loads((out / "config.json").read_text())["training"]["config"]
+    assert cfg["distill"] == str(teacher_dir) and cfg["distill_weight"] == 2
+
+    args[args.index("--distill-source") + 1] = "nowhere"
+    assert train.main(args + ["--out", str(tmp_path / "b")]) == 2
+    assert "names no training images" in capsys.readouterr().err
+    save_model(create_model(["a", "b"], init="scratch", img_size=48).eval(), tmp_path / "two")
+    args[args.index("--distill") + 1] = str(tmp_path / "two")
+    assert train.main(args + ["--out", str(tmp_path / "c")]) == 2
+    assert "classes" in capsys.readouterr().err
+
+    # the teacher's view is the student's before contrast and artefacts: the same geometry, split in two
+    x, g1, g2 = torch.rand(4, 1, 32, 32), torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    from brain_tumor.augment import augment
+    torch.manual_seed(2)
+    whole = augment(x, g1, mri=True, strip_p=0.5)
+    torch.manual_seed(2)
+    weak, _, stripped = augment_geometry(x, g2, mri=True, strip_p=0.5)
+    assert torch.equal(augment_appearance(weak, g2, mri=True), whole) and stripped.dtype == torch.bool
+
+
 @pytest.mark.slow
 def test_kaggle_layout_scores_the_testing_split(tmp_path):
     root = tmp_path / "kaggle"
