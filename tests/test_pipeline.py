@@ -181,6 +181,7 @@ def test_training_with_a_teacher_learns_its_answers_on_its_source_only(class_fol
     assert row["train_distill_loss"] > 0
     cfg = json.loads((out / "config.json").read_text())["training"]["config"]
     assert cfg["distill"] == str(teacher_dir) and cfg["distill_weight"] == 2
+    assert f"the answers of `{teacher_dir}` (frozen) were learned too (weight 2" in (out / "README.md").read_text()
 
     args[args.index("--distill-source") + 1] = "nowhere"
     assert train.main(args + ["--out", str(tmp_path / "b")]) == 2
