@@ -96,13 +96,13 @@ class Teacher:
         return out.float()[:, self.order]
 
 
-def load_teacher(cfg: TrainConfig, classes: list[str], groups: list[str], device: torch.device) -> Optional[Teacher]:
-    """The ``--distill`` model (a folder or Hub id, safetensors), frozen, scoring the training images whose
+def make_teacher(model: Optional[TumorClassifier], cfg: TrainConfig, classes: list[str], groups: list[str],
+                 device: torch.device) -> Optional[Teacher]:
+    """The ``--distill`` model (loaded by fit before any data is decoded), frozen, scoring the training images whose
     source/sequence group is ``--distill-source`` or lies under it (all images when that is empty). None without
-    ``--distill``. ValueError when its classes are not the student's or no training image is its to score."""
-    if not cfg.distill:
+    one. ValueError when its classes are not the student's or no training image is its to score."""
+    if model is None:
         return None
-    model = load_model(cfg.distill)
     theirs = list(model.config.class_names)
     if sorted(theirs) != sorted(classes):
         raise ValueError(f"the --distill model's classes {theirs} are not this run's {classes}")
@@ -151,7 +151,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
     ``cfg.batch_size`` x world size images and trains on its own share of it. The forward pass runs under
     autocast where ``cfg.precision`` asks for it (autocast_dtype): on CPUs with native bf16 about 1.6x faster;
     parameters, gradients, optimizer state and evaluation stay fp32. ``ema`` (make_ema) is updated after every
-    step. With a ``teacher`` (load_teacher), its slices also learn its answers (distillation_loss): the teacher
+    step. With a ``teacher`` (make_teacher), its slices also learn its answers (distillation_loss): the teacher
     reads each slice after the geometric augmentation only (not skull-stripped ones), the student after all of it,
     so the student learns the teacher's answer whatever the contrast, artefacts or framing."""
     world = world or World()
@@ -372,8 +372,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     started = time.time()
     # fail before decoding anything when the initial weights cannot be had
     create_model(["a", "b"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
-    if cfg.distill:
-        load_model(cfg.distill)
+    teacher_model = load_model(cfg.distill) if cfg.distill else None
     world = setup(cfg.device)
     log = log if world.main else (lambda *a, **k: None)
     out = Path(cfg.out)
@@ -395,7 +394,7 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
         gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
         torch.manual_seed(cfg.seed)
         ema = make_ema(model, cfg.ema)
-        teacher = load_teacher(cfg, data["classes"], sets["train_col"].groups(), world.device)
+        teacher = make_teacher(teacher_model, cfg, data["classes"], sets["train_col"].groups(), world.device)
         if teacher is not None:
             log(f"distillation from {cfg.distill} (weight {cfg.distill_weight:g}, temperature "
                 f"{cfg.distill_temperature:g}) on {int(teacher.on.sum())} of {len(teacher.on)} training images")

@@ -220,8 +220,8 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
            f"one, inside the head (weight {tr['config'].get('head_weight', 0):g})."]
           if tr.get("config", {}).get("loc_weight") else []),
         *([f"- distillation: on the {tr['config'].get('distill_source') or 'training'} slices, the answers of "
-           f"`{tr['config']['distill']}` (frozen) were learned too (weight {tr['config'].get('distill_weight', 1):g}, "
-           f"temperature {tr['config'].get('distill_temperature', 2):g}; it read each slice before the contrast "
+           f"`{tr['config']['distill']}` (frozen) were learned too (weight {tr['config']['distill_weight']:g}, "
+           f"temperature {tr['config']['distill_temperature']:g}; it read each slice before the contrast "
            "and artefact augmentation)."]
           if tr.get("config", {}).get("distill") else []),
         "",
