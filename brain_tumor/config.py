@@ -115,6 +115,8 @@ class TrainConfig:
     distill_source: str = ""  # the source (or source/sequence) group the teacher scores; "" = every slice
     distill_weight: float = 1.0  # weight of the distillation term (engine.distillation_loss)
     distill_temperature: float = 2.0  # softening of both answers in that term
+    anchor_weight: float = 0.0  # the --init model, frozen, is distilled on the slices --distill does not score
+    # (all of them without --distill): what it already got right elsewhere is kept while one source is pulled; 0: off
     loc_weight: float = 1.0  # weight of the heat-map objective: CAM mass outside the tumour mask (masked slices)
     head_weight: float = 0.1  # weight of CAM mass outside the head, on tumour slices without a mask
     device: str = "auto"  # auto (CUDA where available) | cpu | cuda; under torchrun each rank takes its local GPU
@@ -152,6 +154,7 @@ class TrainConfig:
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
             (self.distill_weight >= 0, "distill_weight must be >= 0"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
+            (self.anchor_weight >= 0, "anchor_weight must be >= 0 (0: off)"),
             (self.loc_weight >= 0 and self.head_weight >= 0, "loc_weight and head_weight must be >= 0"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.max_images >= 0, "max_images must be >= 0 (0: all)"),

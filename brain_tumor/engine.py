@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -78,11 +78,13 @@ class Teacher:
     """A frozen earlier model whose answers the student learns on the sources it knows (``--distill``): what keeps
     a model trained on new sources from forgetting an old one (learning without forgetting, Li & Hoiem 2016).
 
-    ``order`` maps the student's classes onto the teacher's logits; ``on`` marks the training images it scores."""
+    ``order`` maps the student's classes onto the teacher's logits; ``on`` marks the training images it scores;
+    ``weight`` is its term's weight in the loss."""
 
     model: TumorClassifier
     order: torch.Tensor
     on: torch.Tensor
+    weight: float = 1.0
 
     def logits(self, x01: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
         """The teacher's logits (in the student's class order) for N x 1 x S x S slices in [0, 1], read at its own
@@ -96,25 +98,41 @@ class Teacher:
         return out.float()[:, self.order]
 
 
-def make_teacher(model: Optional[TumorClassifier], cfg: TrainConfig, classes: list[str], groups: list[str],
-                 device: torch.device) -> Optional[Teacher]:
-    """The ``--distill`` model (loaded by fit before any data is decoded), frozen, scoring the training images whose
-    source/sequence group is ``--distill-source`` or lies under it (all images when that is empty). None without
-    one. ValueError when its classes are not the student's or no training image is its to score."""
-    if model is None:
-        return None
+def _frozen(model: TumorClassifier, classes: list[str], on: torch.Tensor, weight: float,
+            device: torch.device) -> Teacher:
     theirs = list(model.config.class_names)
-    if sorted(theirs) != sorted(classes):
-        raise ValueError(f"the --distill model's classes {theirs} are not this run's {classes}")
-    src = cfg.distill_source.strip("/")
-    on = torch.tensor([not src or g == src or g.startswith(src + "/") for g in groups], dtype=torch.bool)
-    if not on.any():
-        raise ValueError(f"--distill-source {cfg.distill_source!r} names no training images; the groups are "
-                         f"{sorted(set(groups))}")
     for q in model.parameters():
         q.requires_grad_(False)
     model = model.eval().to(device, memory_format=torch.channels_last)
-    return Teacher(model, torch.tensor([theirs.index(c) for c in classes], device=device), on)
+    return Teacher(model, torch.tensor([theirs.index(c) for c in classes], device=device), on, weight)
+
+
+def make_teachers(model: Optional[TumorClassifier], anchor: Optional[TumorClassifier], cfg: TrainConfig,
+                  classes: list[str], groups: list[str], device: torch.device) -> list[Teacher]:
+    """The frozen models whose answers this run also learns (both loaded by fit before any data is decoded):
+    ``model`` (``--distill``) on the training images whose source/sequence group is ``--distill-source`` or lies
+    under it (all images when that is empty), with weight ``--distill-weight``; ``anchor`` (the ``--init`` weights,
+    with ``--anchor-weight``) on every other training image. Empty without either. ValueError when a model's
+    classes are not the student's, or a teacher would have no training image to score."""
+    for m, flag in ((model, "--distill"), (anchor, "--init")):
+        if m is not None and sorted(m.config.class_names) != sorted(classes):
+            raise ValueError(f"the {flag} model's classes {list(m.config.class_names)} are not this run's {classes}")
+    teachers = []
+    rest = torch.ones(len(groups), dtype=torch.bool)
+    if model is not None:
+        src = cfg.distill_source.strip("/")
+        on = torch.tensor([not src or g == src or g.startswith(src + "/") for g in groups], dtype=torch.bool)
+        if not on.any():
+            raise ValueError(f"--distill-source {cfg.distill_source!r} names no training images; the groups are "
+                             f"{sorted(set(groups))}")
+        teachers.append(_frozen(model, classes, on, cfg.distill_weight, device))
+        rest = ~on
+    if anchor is not None:
+        if not rest.any():
+            raise ValueError("--anchor-weight: --distill already scores every training image (give a "
+                             "--distill-source), so the --init model would have none")
+        teachers.append(_frozen(anchor, classes, rest, cfg.anchor_weight, device))
+    return teachers
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, on: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -142,7 +160,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
                     cfg: TrainConfig, generator: torch.Generator, scheduler=None, desc: str = "train",
                     masks: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None,
                     world: Optional[World] = None, net: Optional[torch.nn.Module] = None, scaler=None,
-                    ema=None, teacher: Optional[Teacher] = None) -> dict:
+                    ema=None, teachers: Sequence[Teacher] = ()) -> dict:
     """One epoch: ``cfg.epoch_size`` images (default: as many as there are) drawn by ``weights`` (default: each
     once, in random order). Returns mean loss, mean heat-map loss and accuracy (of this rank's shares).
 
@@ -151,7 +169,7 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
     ``cfg.batch_size`` x world size images and trains on its own share of it. The forward pass runs under
     autocast where ``cfg.precision`` asks for it (autocast_dtype): on CPUs with native bf16 about 1.6x faster;
     parameters, gradients, optimizer state and evaluation stay fp32. ``ema`` (make_ema) is updated after every
-    step. With a ``teacher`` (make_teacher), its slices also learn its answers (distillation_loss): the teacher
+    step. With ``teachers`` (make_teachers), each one's slices also learn its answers (distillation_loss): a teacher
     reads each slice after the geometric augmentation only (not skull-stripped ones), the student after all of it,
     so the student learns the teacher's answer whatever the contrast, artefacts or framing."""
     world = world or World()
@@ -181,18 +199,20 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         mine = world.share(len(idx))
         x, y = x[mine].to(world.device, non_blocking=True), y[mine].to(world.device, non_blocking=True)
         m = m[mine].to(world.device, non_blocking=True) if m is not None else None
-        kd_on = t_logits = None
-        if teacher is not None:
+        targets = []  # (teacher, its rows, its logits) for each teacher with a row in this batch
+        for teacher in teachers:
             kd_on = (teacher.on[idx] & ~stripped)[mine].to(world.device)
             if kd_on.any():
                 t_logits = torch.zeros(len(y), len(teacher.order), device=world.device)
                 t_logits[kd_on] = teacher.logits(weak[mine].to(world.device)[kd_on], dtype)
+                targets.append((teacher, kd_on, t_logits))
         with torch.autocast(world.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             logits, _, maps = net(normalise(x, model.config.mean, model.config.std), with_maps=True)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         loc = localisation_loss(model, maps, y, m, x, cfg) if m is not None else loss.new_zeros(())
-        kd = (cfg.distill_weight * distillation_loss(logits, t_logits, kd_on, cfg.distill_temperature)
-              if t_logits is not None else loss.new_zeros(()))
+        kd = loss.new_zeros(())
+        for teacher, kd_on, t_logits in targets:
+            kd = kd + teacher.weight * distillation_loss(logits, t_logits, kd_on, cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss + loc + kd).backward()
@@ -373,6 +393,12 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
     # fail before decoding anything when the initial weights cannot be had
     create_model(["a", "b"], init=cfg.init, img_size=cfg.img_size, output_stride=cfg.output_stride)
     teacher_model = load_model(cfg.distill) if cfg.distill else None
+    anchor_model = None
+    if cfg.anchor_weight:
+        if not Path(cfg.init).is_dir():
+            raise ValueError("--anchor-weight distils the --init model's own answers: --init must be a model "
+                             f"folder (got {cfg.init!r})")
+        anchor_model = load_model(cfg.init)
     world = setup(cfg.device)
     log = log if world.main else (lambda *a, **k: None)
     out = Path(cfg.out)
@@ -394,13 +420,14 @@ def fit(cfg: TrainConfig, log=print, command: str = "") -> Path:
         gen = torch.Generator().manual_seed(cfg.seed)  # the same epochs and augmentations on every rank
         torch.manual_seed(cfg.seed)
         ema = make_ema(model, cfg.ema)
-        teacher = make_teacher(teacher_model, cfg, data["classes"], sets["train_col"].groups(), world.device)
-        if teacher is not None:
-            log(f"distillation from {cfg.distill} (weight {cfg.distill_weight:g}, temperature "
-                f"{cfg.distill_temperature:g}) on {int(teacher.on.sum())} of {len(teacher.on)} training images")
+        teachers = make_teachers(teacher_model, anchor_model, cfg, data["classes"], sets["train_col"].groups(),
+                                 world.device)
+        for teacher, name in zip(teachers, [cfg.distill or cfg.init, cfg.init]):
+            log(f"distillation from {name} (weight {teacher.weight:g}, temperature {cfg.distill_temperature:g}) "
+                f"on {int(teacher.on.sum())} of {len(teacher.on)} training images")
         progress = resume(state_file(out), cfg, model, optimizer, scheduler, gen, world, log, ema)
         train_epochs(progress, cfg, model, net, optimizer, (scheduler, per_step), scaler, gen, sets, weights, world,
-                     log, out, ema, teacher)
+                     log, out, ema, teachers)
         if world.main:
             finish(progress, cfg, model if ema is None else ema.module, data, sets, share, world, log, out, command,
                    started)
@@ -504,10 +531,10 @@ def resume(state_path: Path, cfg: TrainConfig, model, optimizer, scheduler, gen:
 
 
 def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, scheduler, scaler, gen, sets, weights,
-                 world: World, log, out: Path, ema=None, teacher: Optional[Teacher] = None) -> None:
+                 world: World, log, out: Path, ema=None, teachers: Sequence[Teacher] = ()) -> None:
     """The epochs still to run: train one (train_one_epoch), validate on rank 0 (validate), keep the best by the
     group score, save progress and curves, stop early after ``cfg.patience`` epochs without a better score.
-    With ``ema`` (make_ema) the moving average is what is validated and kept; ``teacher``: see train_one_epoch."""
+    With ``ema`` (make_ema) the moving average is what is validated and kept; ``teachers``: see train_one_epoch."""
     scheduler, per_step = scheduler
     state_path = state_file(out)
     since_best = 0 if progress.best_epoch < 0 else progress.epoch - progress.best_epoch
@@ -518,7 +545,7 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
             tr = train_one_epoch(model, sets["x_train"], sets["y_train"], optimizer, cfg, gen,
                                  scheduler if per_step else None, desc=f"epoch {epoch}/{cfg.epochs}",
                                  masks=sets["m_train"], weights=weights, world=world, net=net, scaler=scaler,
-                                 ema=ema, teacher=teacher)
+                                 ema=ema, teachers=teachers)
             progress.epoch = epoch
             stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions

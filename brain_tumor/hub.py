@@ -224,6 +224,10 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
            f"temperature {tr['config']['distill_temperature']:g}; it read each slice before the contrast "
            "and artefact augmentation)."]
           if tr.get("config", {}).get("distill") else []),
+        *([f"- anchor: on the {'other ' if tr['config'].get('distill') else ''}slices, the answers of the initial "
+           f"weights `{tr['config']['init']}` (frozen) were learned too (weight {tr['config']['anchor_weight']:g}), "
+           "so that what they got right there is kept."]
+          if tr.get("config", {}).get("anchor_weight") else []),
         "",
         "## Intended use",
         "Teaching and research on explainable classifiers: show which image regions drive a prediction.",

@@ -158,6 +158,27 @@ def test_distillation_term_counts_only_its_rows_and_pulls_toward_the_teacher():
     assert after < first  # a step down the gradient moves the student's answers toward the teacher's
 
 
+def test_the_anchor_scores_the_slices_the_distill_teacher_does_not():
+    from brain_tumor.config import TrainConfig
+    from brain_tumor.engine import make_teachers
+    from brain_tumor.model import create_model
+
+    groups = ["kaggle", "lgg/flair", "lgg/t1", "kaggle"]
+    a, b = create_model(CLASSES, init="scratch", img_size=32), create_model(CLASSES[::-1], init="scratch", img_size=32)
+    cfg = TrainConfig(data=["x"], distill="a", distill_source="kaggle", distill_weight=3, anchor_weight=0.5)
+    kd, anchor = make_teachers(a, b, cfg, CLASSES, groups, torch.device("cpu"))
+    assert kd.on.tolist() == [True, False, False, True] and anchor.on.tolist() == [False, True, True, False]
+    assert (kd.weight, anchor.weight) == (3, 0.5)
+    assert [CLASSES[::-1][i] for i in anchor.order] == CLASSES  # the anchor's logits read in the student's order
+    assert make_teachers(None, None, cfg, CLASSES, groups, torch.device("cpu")) == []
+    (only,) = make_teachers(None, b, cfg, CLASSES, groups, torch.device("cpu"))
+    assert only.on.all()  # without --distill the anchor scores every slice
+    with pytest.raises(ValueError, match="already scores every training image"):
+        make_teachers(a, b, TrainConfig(data=["x"], anchor_weight=1), CLASSES, groups, torch.device("cpu"))
+    with pytest.raises(ValueError, match="anchor_weight"):
+        TrainConfig(data=["x"], anchor_weight=-1)
+
+
 @pytest.mark.slow
 def test_training_with_a_teacher_learns_its_answers_on_its_source_only(class_folders, tmp_path, capsys):
     from brain_tumor.augment import augment_appearance, augment_geometry
@@ -190,6 +211,20 @@ def test_training_with_a_teacher_learns_its_answers_on_its_source_only(class_fol
     args[args.index("--distill") + 1] = str(tmp_path / "two")
     assert train.main(args + ["--out", str(tmp_path / "c")]) == 2
     assert "classes" in capsys.readouterr().err
+
+    # --anchor-weight: the --init model scores the other root's slices; it must be a model folder
+    args[args.index("--distill") + 1] = str(teacher_dir)
+    args[args.index("--distill-source") + 1] = class_folders.name
+    assert train.main(args + ["--out", str(tmp_path / "d"), "--anchor-weight", "1"]) == 2
+    assert "--init must be a model folder" in capsys.readouterr().err
+    args[args.index("--init") + 1] = str(teacher_dir)
+    assert train.main(args + ["--out", str(tmp_path / "e"), "--anchor-weight", "0.5"]) == 0
+    log = capsys.readouterr().out
+    (n1, a1), (n2, a2) = [tuple(map(int, m)) for m in re.findall(r"on (\d+) of (\d+) training images", log)]
+    assert a1 == a2 and n1 + n2 == a1 and n1 == n_on  # the two teachers share the slices out
+    assert "weight 0.5" in log
+    assert f"the answers of the initial weights `{teacher_dir}` (frozen) were learned too (weight 0.5)" in \
+        (tmp_path / "e" / "README.md").read_text()
 
     # the teacher's view is the student's before contrast and artefacts: the same geometry, split in two
     x, g1, g2 = torch.rand(4, 1, 32, 32), torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
