@@ -1,11 +1,15 @@
-"""Training augmentations, applied to whole batches of prepared slices as tensors (fast on a CPU).
+"""Training augmentations, applied to whole batches of prepared slices as tensors, on the batch's device.
+
+Random draws come from the caller's CPU generator (the same augmentations whatever the device) and move to the
+batch's device; on a GPU the batch never leaves it.
 
 The aim is a model for which the MRI sequence, the scanner and the framing carry no information, only the
 anatomy does. Geometry: flips, rotation, scale, translation (applied to tumour masks too). Contrast: a random
 piecewise-linear intensity curve that keeps the background black but may reorder tissue brightness (as T1,
 T2 and FLAIR do), tissue inversion inside the head, gamma, contrast, blur. MRI artefacts: bias field, Gibbs
-ringing and Rician noise (MONAI's transforms), ghosting and motion (k-space, written here: MONAI has neither
-and TorchIO's need SimpleITK), lower acquisition resolution. Inputs as users bring them: skull-stripped slices
+ringing and Rician noise (MONAI's models, batched here: MONAI's array transforms run one image at a time through
+NumPy, 10 ms an image, which stalled a GPU step; tests check them against MONAI's), ghosting and motion (k-space,
+written here: MONAI has neither and TorchIO's need SimpleITK), lower acquisition resolution. Inputs as users bring them: skull-stripped slices
 (zero outside the brain, zoomed as the head crop then frames them) and photographed films (grey background,
 glare, low contrast).
 """
@@ -32,7 +36,7 @@ def intensity_curve(x: torch.Tensor, generator: torch.Generator, p: float = 0.3,
     values[:, 0] = 0.0
     identity = torch.linspace(0, 1, knots).expand(n, knots)
     use = (torch.rand(n, generator=generator) < p).float().unsqueeze(1)
-    values = use * values + (1 - use) * identity
+    values = (use * values + (1 - use) * identity).to(x.device)
     pos = x.clamp(0, 1) * (knots - 1)
     idx = pos.floor().clamp(max=knots - 2).long()
     frac = pos - idx
@@ -45,7 +49,7 @@ def intensity_curve(x: torch.Tensor, generator: torch.Generator, p: float = 0.3,
 def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Gamma, contrast/brightness, blur and noise, each at random strength per image."""
     n = x.shape[0]
-    r = torch.rand(n, 5, generator=generator)
+    r = torch.rand(n, 5, generator=generator).to(x.device)
     gamma = torch.exp((r[:, 0] * 2 - 1) * math.log(1.6)).view(n, 1, 1, 1)  # 0.625 .. 1.6
     x = x.clamp(0, 1) ** gamma
     contrast = (0.8 + 0.4 * r[:, 1]).view(n, 1, 1, 1)
@@ -53,14 +57,23 @@ def photometric(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = (x * contrast + bright * (x > 0.02)).clamp(0, 1)
     blur = r[:, 3] < 0.2
     if blur.any():
-        k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+        k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], device=x.device)
         k = (k[:, None] * k[None, :]) / 256.0
         c = x.shape[1]
         kernel = k.expand(c, 1, 5, 5).contiguous()
         x[blur] = F.conv2d(F.pad(x[blur], (2, 2, 2, 2), mode="replicate"), kernel, groups=c)
     noisy = (r[:, 4] < 0.2).float().view(n, 1, 1, 1)
-    x = x + noisy * 0.02 * torch.randn(x.shape, generator=generator)
+    x = x + noisy * 0.02 * _randn(x.shape, generator, x.device)
     return x.clamp(0, 1)
+
+
+def _randn(shape, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn where it is used: from ``generator`` on the CPU, elsewhere from a generator of
+    that device seeded by it (drawing millions of numbers on the CPU to copy them would stall a GPU)."""
+    if device.type == "cpu":
+        return torch.randn(shape, generator=generator)
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
 
 
 def _fill(mask: torch.Tensor) -> torch.Tensor:
@@ -87,6 +100,7 @@ def _selected(transform):
     def apply(x: torch.Tensor, use: torch.Tensor, *args) -> torch.Tensor:
         if not use.any():
             return x
+        use = use.to(x.device)
         x = x.clone()
         x[use] = transform(x[use], *args)
         return x
@@ -118,7 +132,7 @@ def geometric(x: torch.Tensor, generator: torch.Generator, max_rotate: float = 1
     theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
     theta[:, 0, 2] = (rand[:, 2] * 2 - 1) * max_shift * 2
     theta[:, 1, 2] = (rand[:, 3] * 2 - 1) * max_shift * 2
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -140,6 +154,7 @@ def ghosting(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     rows[::every] = 1 - strength
     c = sub.shape[-2] // 2
     rows[c - 4:c + 5] = 1.0  # keep the centre of k-space: the image itself
+    rows = rows.to(sub.device)
     along_rows = float(torch.rand(1, generator=generator)) < 0.5 or sub.shape[-1] != sub.shape[-2]
     k = k * (rows.view(1, 1, -1, 1) if along_rows else rows.view(1, 1, 1, -1))
     return torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).abs().clamp(0, 1)
@@ -152,7 +167,7 @@ def motion(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     moved = geometric(sub, generator, max_rotate=4.0, scale=(0.98, 1.02), max_shift=0.02)
     k, km = torch.fft.fft2(sub), torch.fft.fft2(moved)
     h = sub.shape[-2]
-    freq = torch.fft.fftfreq(h).abs().view(1, 1, -1, 1)
+    freq = torch.fft.fftfreq(h, device=sub.device).abs().view(1, 1, -1, 1)
     cut = 0.05 + 0.2 * float(torch.rand(1, generator=generator))
     k = torch.where(freq > cut, km, k)  # outer k-space lines acquired after the movement
     return torch.fft.ifft2(k).abs().clamp(0, 1)
@@ -173,34 +188,67 @@ def film(sub: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A photographed film: lifted (grey) background, lower contrast, a glare gradient, vignetting.
     ``(x, use, generator)``."""
     n, _, h, w = sub.shape
-    r = torch.rand(n, 5, generator=generator)
+    r = torch.rand(n, 5, generator=generator).to(sub.device)
     base = (0.05 + 0.2 * r[:, 0]).view(n, 1, 1, 1)
     contrast = (0.6 + 0.35 * r[:, 1]).view(n, 1, 1, 1)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h, device=sub.device), torch.linspace(-1, 1, w, device=sub.device),
+                            indexing="ij")
     angle = r[:, 2].view(n, 1, 1) * 2 * math.pi
     glare = (0.15 * r[:, 3]).view(n, 1, 1) * (torch.cos(angle) * xx + torch.sin(angle) * yy)
     vignette = 1 - 0.25 * r[:, 4].view(n, 1, 1) * (xx ** 2 + yy ** 2) / 2
     return ((base + contrast * sub + glare.unsqueeze(1)) * vignette.unsqueeze(1)).clamp(0, 1)
 
 
+def _rescale(y: torch.Tensor) -> torch.Tensor:
+    """Back into [0, 1]: an image the artefact lifted above 1 is scaled down by its maximum, not clipped."""
+    peak = y.amax(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+    return (y / peak).clamp(0, 1)
+
+
+def _legendre(t: torch.Tensor, degree: int) -> torch.Tensor:
+    """Legendre polynomials P_0..P_degree at points t: (degree + 1) x len(t)."""
+    p = [torch.ones_like(t), t]
+    for k in range(1, degree):
+        p.append(((2 * k + 1) * t * p[k] - k * p[k - 1]) / (k + 1))
+    return torch.stack(p[:degree + 1])
+
+
 @_selected
-def _monai(sub: torch.Tensor, transform, generator: torch.Generator) -> torch.Tensor:
-    """A MONAI array transform (channel-first, one image at a time), back in [0, 1]. ``(x, use, transform,
-    generator)``."""
-    transform.set_random_state(seed=int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
-    for i in range(len(sub)):  # sub is already a copy (boolean indexing)
-        y = torch.as_tensor(transform(sub[i]), dtype=sub.dtype)
-        sub[i] = y / y.amax().clamp(min=1.0) if y.amax() > 1 else y.clamp(0, 1)
-    return sub
+def bias_field(sub: torch.Tensor, generator: torch.Generator, degree: int = 3,
+               coeff_range: tuple[float, float] = (0.05, 0.3)) -> torch.Tensor:
+    """A smooth multiplicative intensity field (coil inhomogeneity): MONAI's RandBiasField model, x * exp(sum of
+    c_ij P_i(row) P_j(col) over j <= i <= degree), with c ~ U(coeff_range) drawn per image. ``(x, use, generator)``."""
+    n, _, h, w = sub.shape
+    rows, cols = torch.tril_indices(degree + 1, degree + 1)
+    c = coeff_range[0] + (coeff_range[1] - coeff_range[0]) * torch.rand(n, len(rows), generator=generator)
+    p_row = _legendre(torch.linspace(-1, 1, h, device=sub.device), degree)[rows]
+    p_col = _legendre(torch.linspace(-1, 1, w, device=sub.device), degree)[cols]
+    field = torch.einsum("nk,kh,kw->nhw", c.to(sub.device), p_row, p_col)
+    return _rescale(sub * field.exp().unsqueeze(1))
 
 
-@functools.lru_cache(maxsize=1)
-def _monai_transforms():
-    from monai.transforms import RandBiasField, RandGibbsNoise, RandRicianNoise
+@_selected
+def gibbs_ringing(sub: torch.Tensor, generator: torch.Generator,
+                  alpha: tuple[float, float] = (0.2, 0.7)) -> torch.Tensor:
+    """Truncated k-space (ringing at edges): MONAI's GibbsNoise, k-space kept within a radius of (1 - alpha) x
+    the half-diagonal, alpha ~ U(alpha) drawn per image. ``(x, use, generator)``."""
+    n, _, h, w = sub.shape
+    a = alpha[0] + (alpha[1] - alpha[0]) * torch.rand(n, generator=generator)
+    radius = ((1 - a) * max(h, w) * math.sqrt(2) / 2).to(sub.device).view(n, 1, 1, 1)
+    dy = (torch.arange(h, device=sub.device) - (h - 1) / 2) ** 2
+    dx = (torch.arange(w, device=sub.device) - (w - 1) / 2) ** 2
+    keep = (dy[:, None] + dx[None, :]).sqrt() <= radius
+    k = torch.fft.fftshift(torch.fft.fft2(sub), dim=(-2, -1)) * keep
+    return _rescale(torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1))).real)
 
-    return (RandBiasField(prob=1.0, degree=3, coeff_range=(0.05, 0.3)),
-            RandGibbsNoise(prob=1.0, alpha=(0.2, 0.7)),
-            RandRicianNoise(prob=1.0, std=0.04, relative=False, sample_std=True))
+
+@_selected
+def rician_noise(sub: torch.Tensor, generator: torch.Generator, std: float = 0.04) -> torch.Tensor:
+    """Magnitude-image noise: MONAI's RandRicianNoise, sqrt((x + n1)^2 + n2^2) with n1, n2 ~ N(0, s) and
+    s ~ U(0, std) drawn per image. ``(x, use, generator)``."""
+    s = (std * torch.rand(len(sub), generator=generator)).to(sub.device).view(-1, 1, 1, 1)
+    n1, n2 = _randn(sub.shape, generator, sub.device) * s, _randn(sub.shape, generator, sub.device) * s
+    return _rescale(torch.sqrt((sub + n1) ** 2 + n2 ** 2))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, intensity: bool = True, curve_p: float = 0.3,
@@ -250,13 +298,12 @@ def augment_appearance(x: torch.Tensor, generator: torch.Generator, intensity: b
         x = photometric(x, generator)
     if mri:
         roll = lambda: torch.rand(n, generator=generator) < artefact_p  # noqa: E731
-        bias, gibbs, rician = _monai_transforms()
-        x = _monai(x, roll(), bias, generator)
+        x = bias_field(x, roll(), generator)
         x = ghosting(x, roll(), generator)
         x = motion(x, roll(), generator)
         x = low_resolution(x, roll(), generator)
-        x = _monai(x, roll(), gibbs, generator)
-        x = _monai(x, roll(), rician, generator)
+        x = gibbs_ringing(x, roll(), generator)
+        x = rician_noise(x, roll(), generator)
         x = film(x, torch.rand(n, generator=generator) < film_p, generator)
     return x
 

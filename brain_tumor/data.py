@@ -2,6 +2,7 @@
 
     python -m brain_tumor.data DIR                       # counts, sizes, modes, shortcut flags, duplicates
     python -m brain_tumor.data download NAME DIR         # fetch a public data set (brain_tumor.download)
+    python -m brain_tumor.data pack SRC [SRC ...] --out DIR --max-side 192   # a small copy to carry elsewhere
 
 Leakage warning: the Kaggle set (a merge of figshare, SARTAJ and Br35H) is full of near-duplicate slices (the
 same slice re-saved, neighbouring slices of one patient), so a per-image random split overstates accuracy;
@@ -97,15 +98,91 @@ def describe(root: PathLike, dup_threshold: float = 0.95) -> str:
     return "\n".join(lines)
 
 
+def pack(root: PathLike, out: PathLike, max_side: int = 192, quality: int = 75) -> tuple[int, int]:
+    """A small copy of a data root, to carry to a training machine (a lent GPU takes 64 MiB): every image
+    re-encoded as grayscale WebP no larger than ``max_side`` on its long side, tumour masks (``masks/*.png``)
+    shrunk to the same size as their slice, box files and ``slices.csv`` copied. File names stay as they are
+    (decoding sniffs the content, not the suffix), so split.json keys, patients and masks still match.
+    Returns (images written, bytes written). An unreadable image is skipped with a message, not fatal."""
+    import shutil
+
+    from .datasets import is_image_file
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise ValueError(f"data folder not found: {root}")
+    if not 16 <= max_side <= 4096 or not 1 <= quality <= 100:
+        raise ValueError(f"max_side must be in 16..4096 and quality in 1..100, got {max_side} and {quality}")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ValueError(f"the copy must not be written inside the source: {out}")
+    n = size = 0
+    shapes: dict[str, tuple[int, int]] = {}  # mask stem -> (w, h) of the slice it belongs to
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    masks = [p for p in files if p.parent == root / "masks"]
+    for p in files:
+        if p in masks:
+            continue
+        dst = out / p.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if is_image_file(p):
+            try:
+                gray = read_image(p)
+            except ImageReadError as e:
+                print(f"skipped {p}: {e}", file=sys.stderr)
+                continue
+            im = Image.fromarray(gray)
+            im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            shapes[p.stem] = im.size
+            im.save(dst, format="WEBP", quality=quality, method=6)
+            n += 1
+        else:  # box files, slices.csv, READMEs
+            shutil.copyfile(p, dst)
+        size += dst.stat().st_size
+    for p in masks:
+        if p.stem not in shapes:
+            continue
+        dst = out / p.relative_to(root)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as m:
+            m.convert("L").resize(shapes[p.stem], Image.Resampling.NEAREST).convert("1").save(dst, optimize=True)
+        size += dst.stat().st_size
+    return n, size
+
+
+def _pack_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.data pack", description=pack.__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("roots", nargs="+", metavar="SRC", help="data roots; each is copied to OUT/<its path below "
+                                                                "the deepest folder they share>")
+    parser.add_argument("--out", required=True, help="where the copies go")
+    parser.add_argument("--max-side", type=int, default=192, help="long side of the re-encoded images, pixels")
+    parser.add_argument("--quality", type=int, default=75, help="WebP quality")
+    args = parser.parse_args(argv)
+    roots = [Path(r).resolve() for r in args.roots]
+    common = Path(*Path(roots[0]).parts[:-1]) if len(roots) == 1 else Path(
+        *[parts[0] for parts in zip(*(r.parts for r in roots)) if len(set(parts)) == 1])
+    try:
+        for r in roots:
+            n, size = pack(r, Path(args.out) / r.relative_to(common), args.max_side, args.quality)
+            print(f"{r}: {n} images, {size / 2 ** 20:.1f} MiB")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Optional[Iterable[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["download"]:  # python -m brain_tumor.data download NAME DIR
         from .download import main as download_main
         return download_main(argv[1:])
+    if argv[:1] == ["pack"]:
+        return _pack_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.data", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="python -m brain_tumor.data download NAME DIR fetches a public data set "
-                                            "(see: python -m brain_tumor.data download --help)")
+                                            "(see: python -m brain_tumor.data download --help); "
+                                            "python -m brain_tumor.data pack SRC --out DIR writes a small copy")
     parser.add_argument("data", help="dataset root: class folders, or Training/ and Testing/")
     parser.add_argument("--dup-threshold", type=float, default=0.95)
     args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ slices for the heat-map objective and its figures. The split by patient and near
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -286,23 +287,32 @@ def load(col: Collection, size: int, progress: bool = True, settings: Optional[d
     preprocessing block (default: today's, which a new model records in its config)."""
     from tqdm import tqdm
 
+    from concurrent.futures import ThreadPoolExecutor
+
     n = len(col)
     images = np.zeros((n, size, size), dtype=np.uint8)
     masks = np.zeros((n, size, size), dtype=np.uint8)
     thumbs = np.zeros((n, 1024), dtype=np.float32)
     errors: list[Optional[str]] = [None] * n
-    for i in tqdm(range(n), desc="decoding", unit="img", disable=not progress, leave=False):
+
+    def one(i: int) -> None:
         try:
             gray = read_image(col.paths[i])
         except ImageReadError as e:
             errors[i] = str(e)
-            continue
+            return
         images[i], crop = prepare(gray, size, settings)
         thumbs[i] = thumbnail(gray)
         if col.masks[i] is not None and canonical_class(col.classes[i]) != "notumor":
             m = read_mask(col.masks[i], gray.shape)
             if m is not None:
                 masks[i] = apply_crop(m.astype(np.uint8) * 255, crop, size) > 127
+
+    # Pillow and OpenCV release the GIL while they decode and resize: threads use every core
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        for _ in tqdm(pool.map(one, range(n)), total=n, desc="decoding", unit="img", disable=not progress,
+                      leave=False):
+            pass
     return images, thumbs, masks, errors
 
 

@@ -172,8 +172,9 @@ class TumorClassifier(nn.Module):
 
     def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
         """Squared Mahalanobis distance of each feature vector to the nearest class mean (0s if not fitted)."""
-        diff = features.detach().float()[:, None, :] - self.ood_mean[None]  # N x K x 512
-        return torch.einsum("nkd,de,nke->nk", diff, self.ood_precision, diff).min(1).values
+        f = features.detach().float()
+        diff = f.to(self.ood_mean.device)[:, None, :] - self.ood_mean[None]  # N x K x 512
+        return torch.einsum("nkd,de,nke->nk", diff, self.ood_precision, diff).min(1).values.to(f.device)
 
     def backbone_parameters(self):
         return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]

@@ -31,9 +31,9 @@ TRANSFORMS = {
     "motion": lambda x, g: A.motion(x, _all(len(x)), g),
     "low_resolution": lambda x, g: A.low_resolution(x, _all(len(x)), g),
     "film": lambda x, g: A.film(x, _all(len(x)), g),
-    "bias_field": lambda x, g: A._monai(x, _all(len(x)), A._monai_transforms()[0], g),
-    "gibbs": lambda x, g: A._monai(x, _all(len(x)), A._monai_transforms()[1], g),
-    "rician": lambda x, g: A._monai(x, _all(len(x)), A._monai_transforms()[2], g),
+    "bias_field": lambda x, g: A.bias_field(x, _all(len(x)), g),
+    "gibbs": lambda x, g: A.gibbs_ringing(x, _all(len(x)), g),
+    "rician": lambda x, g: A.rician_noise(x, _all(len(x)), g),
     "augment": lambda x, g: A.augment(x, g, mri=True, strip_p=0.5, artefact_p=0.5, film_p=0.5),
 }
 
@@ -85,3 +85,48 @@ def test_masks_follow_the_geometry(batch):
 def test_intensity_curve_keeps_black_black(batch):
     out = A.intensity_curve(batch, torch.Generator().manual_seed(0), p=1.0)
     assert out[batch == 0].abs().max() == 0
+
+
+# ---------------------------------------------------------------- the batched artefacts are MONAI's models
+
+def test_gibbs_ringing_matches_monai(batch):
+    monai = pytest.importorskip("monai.transforms")
+    x = batch[:2].clone()
+    g = torch.Generator().manual_seed(0)
+    alpha = 0.2 + 0.5 * torch.rand(2, generator=torch.Generator().manual_seed(0))  # the draw gibbs_ringing makes
+    ours = A.gibbs_ringing(x, _all(2), g)
+    for i in range(2):
+        ref = torch.as_tensor(monai.GibbsNoise(alpha=float(alpha[i]))(x[i])).float()
+        ref = (ref / ref.amax().clamp(min=1.0)).clamp(0, 1)
+        assert torch.allclose(ours[i], ref, atol=1e-4)
+
+
+def test_bias_field_matches_monai_field():
+    monai = pytest.importorskip("monai.transforms")
+    x = torch.full((1, 1, 24, 32), 0.5)
+    coeff = 0.05 + 0.25 * torch.rand(1, 10, generator=torch.Generator().manual_seed(1))
+    ours = A.bias_field(x, _all(1), torch.Generator().manual_seed(1))
+    field = monai.RandBiasField()._generate_random_field((24, 32), 3, coeff[0].tolist())
+    ref = torch.as_tensor(0.5 * np.exp(field)).float()
+    ref = (ref / ref.amax().clamp(min=1.0)).clamp(0, 1)
+    assert torch.allclose(ours[0, 0], ref, atol=1e-4)
+
+
+def test_rician_noise_has_the_rayleigh_floor():
+    # on a black image the magnitude of two N(0, s) draws is Rayleigh: mean s * sqrt(pi / 2), s ~ U(0, std)
+    x = torch.zeros(4, 1, 64, 64)
+    g = torch.Generator().manual_seed(2)
+    s = 0.04 * torch.rand(4, generator=torch.Generator().manual_seed(2))
+    out = A.rician_noise(x, _all(4), g)
+    assert torch.allclose(out.mean((1, 2, 3)), s * np.sqrt(np.pi / 2), rtol=0.05)
+
+
+def test_transforms_run_on_the_device_the_batch_is_on(batch, monkeypatch):
+    # every draw comes from the CPU generator and moves to the batch (how a GPU batch is augmented in place):
+    # on the meta device (shapes only, no data) any CPU tensor meeting the batch raises
+    monkeypatch.setattr(A, "_randn", lambda shape, generator, device: torch.empty(shape, device=device))
+    x, g = batch.to("meta"), torch.Generator().manual_seed(0)
+    selected = (A.bias_field, A.gibbs_ringing, A.rician_noise, A.ghosting, A.motion, A.low_resolution, A.film)
+    outs = [fn.__wrapped__(x, g) for fn in selected]
+    outs += [A.geometric(x, g), A.intensity_curve(x, g, p=1.0), A.brain_mask(x)]
+    assert all(o.device.type == "meta" and o.shape[-2:] == x.shape[-2:] for o in outs)

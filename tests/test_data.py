@@ -7,6 +7,7 @@ import pytest
 
 from brain_tumor.preprocess import apply_crop, head_crop, head_mask, prepare, thumbnail, to_tensor, uncrop
 from brain_tumor.datasets import find_splits, read_class_folders
+from brain_tumor.decode import read_image
 from brain_tumor.splits import grouped_split, near_duplicate_groups
 from conftest import CLASSES, synthetic_slice, write_class_folders
 
@@ -168,3 +169,35 @@ def test_preprocessing_settings_travel_with_the_checkpoint(tmp_path):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="crop_margin"):
         load_model(str(folder))
+
+
+def test_pack_writes_a_small_copy_that_reads_as_the_same_root(tmp_path):
+    from brain_tumor.data import pack
+    from brain_tumor.datasets import read_root
+
+    src = tmp_path / "lgg"
+    for seq in ("flair", "t1"):
+        for cls in ("glioma", "notumor"):
+            (src / seq / cls).mkdir(parents=True)
+            for i in range(2):
+                cv2.imwrite(str(src / seq / cls / f"case{i}_{3 + (cls == 'glioma')}.png"),
+                            synthetic_slice(i, 300, tumor=cls == "glioma"))
+    (src / "masks").mkdir()
+    mask = np.zeros((300, 300), np.uint8)
+    mask[100:160, 120:200] = 255
+    for i in range(2):
+        cv2.imwrite(str(src / "masks" / f"case{i}_4.png"), mask)
+    (src / "flair" / "glioma" / "case0_4.txt").write_text("0 0.5 0.43 0.27 0.2\n")
+    (src / "slices.csv").write_text("case,slice\ncase0,3\n")
+
+    n, size = pack(src, tmp_path / "small" / "lgg", max_side=96, quality=70)
+    orig, small = read_root(str(src))[0], read_root(str(tmp_path / "small" / "lgg"))[0]
+    assert n == 8 and size < sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    assert [orig.relpath(i) for i in range(len(orig))] == [small.relpath(i) for i in range(len(small))]
+    assert small.patients == orig.patients and [m is None for m in small.masks] == [m is None for m in orig.masks]
+    packed = read_image(tmp_path / "small" / "lgg" / "t1" / "glioma" / "case1_4.png")
+    packed_mask = read_image(tmp_path / "small" / "lgg" / "masks" / "case1_4.png")
+    assert packed.shape == packed_mask.shape == (96, 96)
+    assert 0.04 < (packed_mask > 127).mean() < 0.07  # the 60 x 80 box of 300 x 300, shrunk with its slice
+    with pytest.raises(ValueError, match="inside the source"):
+        pack(src, src / "copy")
