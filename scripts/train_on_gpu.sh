@@ -1,5 +1,5 @@
 #!/bin/bash
-# The shipped model's training recipe on one GPU, in one timed call: a smoke run of every step on CUDA (a few
+# The multi-source training recipe scaled to one GPU (batch 256, lr 1e-3), in one timed call: a smoke run of every step on CUDA (a few
 # seconds), then the run itself, sized from the smoke's measured speed to end within LIMIT seconds; the model
 # folder is left in $OUT as a tar in 15 MB parts (gpu.tgz.aa, .ab; `cat gpu.tgz.* | tar xz` rejoins it), logs
 # beside it. Made for a lent GPU machine that reaches no network and takes 64 MiB of files, so the data travel
@@ -9,12 +9,13 @@
 #         ../shared/data/mri-44class-half --out .pack
 #     OUT=/tmp/out bash scripts/train_on_gpu.sh          # there; LIMIT=575 LR=1e-3 EMA=0.998 SEED=12 by default
 #
-# It needs only torch, torchvision, Pillow, OpenCV, NumPy, tqdm, matplotlib, safetensors and huggingface_hub.
+# DEVICE=cpu SMOKE_IMAGES=200 SMOKE_SIZE=128 MIN_SIZE=128 BIG_EXTRA="--max-images 200" LIMIT=200 tries the whole
+# script on a CPU in a few minutes. It needs only torch, torchvision, Pillow, OpenCV, NumPy, tqdm, matplotlib, safetensors and huggingface_hub.
 # If the run is cut short, the best epoch's weights are left as two fp16 halves (best_0/1.safetensors).
 set -o pipefail
 T0=$(date +%s)
 LIMIT=${LIMIT:-575}   # seconds this whole script may take
-OUT=${OUT:-runs/gpu-out}
+export OUT=${OUT:-runs/gpu-out}
 P=${PACK:-.pack}
 mkdir -p "$OUT"
 rm -rf runs/smoke runs/smoke.train_state.pt runs/gpu runs/gpu.train_state.pt  # a fresh run, not a resume
