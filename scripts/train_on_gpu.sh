@@ -11,7 +11,9 @@
 #
 # DEVICE=cpu SMOKE_IMAGES=200 SMOKE_SIZE=128 MIN_SIZE=128 BIG_EXTRA="--max-images 200" LIMIT=200 tries the whole
 # script on a CPU in a few minutes. It needs only torch, torchvision, Pillow, OpenCV, NumPy, tqdm, matplotlib, safetensors and huggingface_hub.
-# If the run is cut short, the best epoch's weights are left as two fp16 halves (best_0/1.safetensors).
+# If the run is cut short, the best epoch's weights are left as two fp16 halves (best_0/1.safetensors): merge them
+# ({**load_file(a), **load_file(b)}), load_state_dict into create_model(classes, init="scratch", img_size=192,
+# output_stride=16), save_model, copy split.json beside it (model/'s), then python -m brain_tumor.trust FOLDER.
 set -o pipefail
 T0=$(date +%s)
 LIMIT=${LIMIT:-575}   # seconds this whole script may take
@@ -39,11 +41,13 @@ print(epochs, size)
 print(f"rate {rate:.0f} img/s, budget {budget:.0f} s -> {epochs} epochs of {size}", file=sys.stderr)
 EOF
 )"
-echo "big run: $E epochs of $S draws, $(( $(date +%s) - T0 )) s in"
-timeout $(( LIMIT - 25 - $(date +%s) + T0 )) python3 train.py $D $C $A --epochs $E --epoch-size $S $BIG_EXTRA --out runs/gpu 2>&1 | tee $OUT/train.log
+LEFT=$(( LIMIT - 25 - $(date +%s) + T0 ))
+[ "$LEFT" -gt 60 ] || { echo "only $LEFT s left after the smoke run: raise LIMIT"; exit 1; }
+echo "big run: $E epochs of $S draws, $(( $(date +%s) - T0 )) s in, $LEFT s allowed"
+timeout $LEFT python3 train.py $D $C $A --epochs $E --epoch-size $S $BIG_EXTRA --out runs/gpu 2>&1 | tee $OUT/train.log
 if [ -f runs/gpu/model.safetensors ]; then
   tar czf - -C runs gpu | split -b 15M - $OUT/gpu.tgz.
-else  # the run was cut short: the best epoch's weights from its state, in two halves
+elif [ -f runs/gpu.train_state.pt ]; then  # cut short: the best epoch's weights from its state, in two halves
   python3 - <<'EOF'
 import os, torch
 from safetensors.torch import save_file
@@ -58,5 +62,7 @@ for i in range(2):
     save_file(parts[i], os.path.join(os.environ["OUT"], f"best_{i}.safetensors"))
 open(os.path.join(os.environ["OUT"], "best.txt"), "w").write(f"epoch {s['best_epoch']} score {s['best_score']}\n{s['history']}")
 EOF
+else
+  echo "no epoch of the run finished: nothing to bring back"
 fi
 ls -la $OUT; echo "total $(( $(date +%s) - T0 )) s"
