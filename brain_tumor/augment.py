@@ -1,18 +1,18 @@
 """Training augmentations, applied to whole batches of prepared slices as tensors, on the batch's device.
 
-Random draws come from the caller's CPU generator (the same augmentations whatever the device) and move to the
-batch's device; on a GPU the batch never leaves it.
+Each transform's parameters are drawn from the caller's CPU generator (the same whatever the device) and move to the
+batch's device; pixel noise is drawn on the device. On a GPU the batch never leaves it.
 
-The aim is a model for which the MRI sequence, the scanner and the framing carry no information, only the
-anatomy does. Geometry: flips, rotation, scale, translation (applied to tumour masks too). Contrast: a random
-piecewise-linear intensity curve that keeps the background black but may reorder tissue brightness (as T1,
-T2 and FLAIR do), tissue inversion inside the head, gamma, contrast, blur. MRI artefacts: bias field, Gibbs
-ringing and Rician noise (MONAI's models, batched here: MONAI's array transforms run one image at a time through
-NumPy, 5.7 ms a 192 px slice for the three against 1.1 batched on a 2-core CPU (python -m benchmarks.augment),
-and would stall a GPU step on a CPU round trip; tests check them against MONAI's), ghosting and motion (k-space,
-written here: MONAI has neither and TorchIO's need SimpleITK), lower acquisition resolution. Inputs as users bring them: skull-stripped slices
-(zero outside the brain, zoomed as the head crop then frames them) and photographed films (grey background,
-glare, low contrast).
+The aim is a model for which the MRI sequence, the scanner and the framing carry no information, only the anatomy
+does. Geometry: flips, rotation, scale, translation (applied to tumour masks too). Contrast: a random piecewise-
+linear intensity curve that keeps the background black but may reorder tissue brightness (as T1, T2 and FLAIR do),
+tissue inversion inside the head, gamma, contrast, blur. MRI artefacts: bias field, Gibbs ringing and Rician noise
+(MONAI's models, batched here: MONAI's array transforms run one image at a time through NumPy, 5.7 ms a 192 px slice
+for the three against 1.1 batched on a 2-core CPU (python -m benchmarks.augment), and would stall a GPU step on a
+CPU round trip; tests check them against MONAI's), ghosting and motion (k-space, written here: MONAI has neither and
+TorchIO's need SimpleITK), lower acquisition resolution. Inputs as users bring them: skull-stripped slices (zero
+outside the brain, zoomed as the head crop then frames them) and photographed films (grey background, glare, low
+contrast).
 """
 from __future__ import annotations
 

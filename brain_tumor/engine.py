@@ -446,7 +446,7 @@ def split_tensors(data: dict[str, Any], world: World) -> dict[str, Any]:
             "m_train": torch.from_numpy(masks[~is_val]),
             "x_val": torch.from_numpy(images[is_val]), "y_val": torch.from_numpy(labels[is_val]).long(),
             "m_val": torch.from_numpy(masks[is_val])}
-    if world.device.type == "cuda":  # the training set on the GPU (10,000 192 px slices and masks: 0.7 GB), augmented there
+    if world.device.type == "cuda":  # the training set on the GPU (192 px slices and masks: 0.7 GB), augmented there
         for k in ("x_train", "y_train", "m_train"):
             sets[k] = sets[k].to(world.device)
     return sets
@@ -591,7 +591,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
     detector), scored (validation by group, the inverted-contrast proxy, Testing/ where a root has one), described
     and written with its model card."""
     x_train, y_train, x_val, y_val = sets["x_train"].cpu(), sets["y_train"].cpu(), sets["x_val"], sets["y_val"]
-    model = model.to(world.device)  # scored where it trained (a GPU reads the 30,000 views in seconds), saved from the CPU
+    model = model.to(world.device)  # scored where it trained (a GPU reads the 30,000 views in seconds)
     if progress.best_model is not None:
         model.load_state_dict(progress.best_model)
     model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
