@@ -12,6 +12,7 @@ preparing them preprocess.py's, layouts datasets.py's, splits splits.py's.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -118,7 +119,7 @@ def pack(root: PathLike, out: PathLike, max_side: int = 192, quality: int = 75) 
     n = size = 0
     shapes: dict[str, tuple[int, int]] = {}  # mask stem -> (w, h) of the slice it belongs to
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    masks = [p for p in files if p.parent == root / "masks"]
+    masks = {p for p in files if p.parent == root / "masks"}
     for p in files:
         if p in masks:
             continue
@@ -138,7 +139,7 @@ def pack(root: PathLike, out: PathLike, max_side: int = 192, quality: int = 75) 
         else:  # box files, slices.csv, READMEs
             shutil.copyfile(p, dst)
         size += dst.stat().st_size
-    for p in masks:
+    for p in sorted(masks):
         if p.stem not in shapes:
             continue
         dst = out / p.relative_to(root)
@@ -159,8 +160,7 @@ def _pack_main(argv: list[str]) -> int:
     parser.add_argument("--quality", type=int, default=75, help="WebP quality")
     args = parser.parse_args(argv)
     roots = [Path(r).resolve() for r in args.roots]
-    common = Path(*Path(roots[0]).parts[:-1]) if len(roots) == 1 else Path(
-        *[parts[0] for parts in zip(*(r.parts for r in roots)) if len(set(parts)) == 1])
+    common = Path(os.path.commonpath(roots)) if len(roots) > 1 else roots[0].parent
     try:
         for r in roots:
             n, size = pack(r, Path(args.out) / r.relative_to(common), args.max_side, args.quality)

@@ -15,6 +15,7 @@ import csv
 import os
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -286,8 +287,6 @@ def load(col: Collection, size: int, progress: bool = True, settings: Optional[d
     (0 where none; ``has_mask`` is ``masks.any((1, 2))``), errors per file). ``settings``: a checkpoint's
     preprocessing block (default: today's, which a new model records in its config)."""
     from tqdm import tqdm
-
-    from concurrent.futures import ThreadPoolExecutor
 
     n = len(col)
     images = np.zeros((n, size, size), dtype=np.uint8)

@@ -191,9 +191,10 @@ def train_one_epoch(model: TumorClassifier, images: torch.Tensor, labels: torch.
         if len(idx) < 2 * world.size:
             continue  # batch norm needs two samples on every rank
         # on a GPU the training set lies there (split_tensors), so the whole batch is augmented there
-        x = images[idx.to(images.device)].float().div_(255).unsqueeze(1)
-        y = labels[idx.to(labels.device)]
-        m = masks[idx.to(masks.device)].float().unsqueeze(1) if masks is not None else None
+        at = idx.to(images.device)
+        x = images[at].float().div_(255).unsqueeze(1)
+        y = labels[at]
+        m = masks[at].float().unsqueeze(1) if masks is not None else None
         x, m, stripped = augment_geometry(x, generator, mask=m, mri=cfg.mri_aug, strip_p=cfg.strip_p)
         weak = x
         x = augment_appearance(x, generator, cfg.intensity_aug, cfg.curve_p, mri=cfg.mri_aug, artefact_p=cfg.artefact_p)
