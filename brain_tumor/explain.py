@@ -160,7 +160,7 @@ class OnePass:
         self.heads = [_linear_head(model, m) for m in self.layers]
         self.acts: list[Optional[torch.Tensor]] = [None] * len(self.layers)
         self.logits: Optional[torch.Tensor] = None
-        self.features: Optional[torch.Tensor] = None  # pooled features, when the model provides them
+        self.features: Optional[torch.Tensor] = None  # the MRI detector's features, when the model provides them
 
     @property
     def analytic(self) -> bool:

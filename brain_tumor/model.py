@@ -31,6 +31,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 _UNSAFE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 
 
+OOD_FEATURES = {"layer3": 256, "pooled": 512}  # the MRI detector's input, and its width
+
+
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded, with the reason and what to do."""
 
@@ -60,6 +63,7 @@ class ModelConfig:
     })
     abstain_below: float = 0.0  # calibrated confidence below which the answer is 'uncertain - needs review'
     ood_threshold: float = 0.0  # Mahalanobis distance above which a slice does not look like a brain MRI; 0 = off
+    ood_features: str = "layer3"  # what the MRI detector reads: "layer3" (its channel means) or "pooled" (older models)
     metrics: dict[str, Any] = field(default_factory=dict)  # published figures (grouped validation split)
     training: dict[str, Any] = field(default_factory=dict)  # how it was trained (command, time, hardware)
     version: str = "0"
@@ -87,6 +91,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         known = {f for f in cls.__dataclass_fields__}
         _check_config(d)
+        d = {"ood_features": "pooled", **d}  # a config from before the field: its detector read the pooled features
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -103,6 +108,9 @@ def _check_config(d: Any) -> None:
         value = d.get(key, [1.0, 1.0, 1.0])
         if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
             raise ModelLoadError(f"config.json {key} must be three numbers, got {str(value)[:40]}")
+    if d.get("ood_features", "pooled") not in OOD_FEATURES:
+        raise ModelLoadError(f"config.json ood_features must be one of {sorted(OOD_FEATURES)}, "
+                             f"got {str(d['ood_features'])[:20]}")
     if d.get("output_stride", 32) not in (16, 32):
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
@@ -132,29 +140,33 @@ class TumorClassifier(nn.Module):
         if config.output_stride == 16:
             dilate_last_stage(self.net)
         self.net.fc = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(512, len(config.class_names)))
-        # 'looks like a brain MRI' detector on the pooled features: class means and shared precision matrix
-        self.register_buffer("ood_mean", torch.zeros(len(config.class_names), 512))
-        self.register_buffer("ood_precision", torch.zeros(512, 512))
+        # 'looks like a brain MRI' detector (config.ood_features): class means and shared precision matrix
+        width = OOD_FEATURES[config.ood_features]
+        self.register_buffer("ood_mean", torch.zeros(len(config.class_names), width))
+        self.register_buffer("ood_precision", torch.zeros(width, width))
 
     @property
     def targets(self) -> list[str]:
         return list(self.config.class_names)
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the pooled 512-d features, from one pass (layer hooks fire as usual)."""
-        logits, features, _ = self.forward_with_maps(x)
-        return logits, features
+        """Logits and the MRI detector's features (``config.ood_features``: layer3's channel means, or the pooled
+        512-d features of older models), from one pass (layer hooks fire as usual)."""
+        logits, pooled, _, layer3 = self._forward_all(x, layer3_means=True)
+        return logits, (layer3 if self.config.ood_features == "layer3" else pooled)
 
     def forward_with_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, pooled features and layer4's feature maps (N x 512 x h x w), from one pass."""
         return self.forward(x, with_maps=True)
 
-    def _forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward_all(self, x: torch.Tensor, layer3_means: bool = False) -> tuple[torch.Tensor, ...]:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
-        maps = n.layer4(n.layer3(n.layer2(n.layer1(x))))
+        mid = n.layer3(n.layer2(n.layer1(x)))
+        maps = n.layer4(mid)
         features = torch.flatten(n.avgpool(maps), 1)
-        return n.fc(features), features, maps
+        out = (n.fc(features), features, maps)
+        return out + (mid.float().mean((2, 3)),) if layer3_means else out
 
     def class_activation(self, maps: torch.Tensor, classes: torch.Tensor, relu: bool = True) -> torch.Tensor:
         """CAM of ``classes`` (N,) from layer4 maps: ReLU(sum_k w_ck A_k), N x h x w (``relu=False``: before the
@@ -171,9 +183,10 @@ class TumorClassifier(nn.Module):
         return out if with_maps else out[0]
 
     def ood_distance(self, features: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distance of each feature vector to the nearest class mean (0s if not fitted)."""
+        """Squared Mahalanobis distance of each detector feature vector (``forward_with_features``) to the nearest
+        class mean (0s if not fitted)."""
         f = features.detach().float()
-        diff = f.to(self.ood_mean.device)[:, None, :] - self.ood_mean[None]  # N x K x 512
+        diff = f.to(self.ood_mean.device)[:, None, :] - self.ood_mean[None]  # N x K x width
         return torch.einsum("nkd,de,nke->nk", diff, self.ood_precision, diff).min(1).values.to(f.device)
 
     def backbone_parameters(self):

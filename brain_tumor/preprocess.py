@@ -28,6 +28,38 @@ class Crop:
     width: int
 
 
+def bright_margins(gray: np.ndarray, level: float = 128.0, tol: float = 6.0) -> tuple[int, int, int, int]:
+    """Rows (top, bottom) and columns (left, right) of a bright, uniform margin around the image: the white page
+    or film frame of a slice copied from a paper, a report or a screenshot. A margin line is one whose pixels
+    have a standard deviation of at most ``tol`` around a mean of at least ``level``; at most a third of each side
+    is taken. Lines are read from the edge inwards until one is not margin (one line for most slices)."""
+    h, w = gray.shape
+
+    def run(line, limit: int) -> int:
+        n = 0
+        while n < limit:
+            values = line(n).astype(np.float32)
+            if values.std() > tol or values.mean() < level:
+                break
+            n += 1
+        return n
+
+    return (run(lambda i: gray[i], h // 3), run(lambda i: gray[h - 1 - i], h // 3),
+            run(lambda i: gray[:, i], w // 3), run(lambda i: gray[:, w - 1 - i], w // 3))
+
+
+def blank_frame(gray: np.ndarray) -> np.ndarray:
+    """The slice with its bright uniform margin (``bright_margins``) set to black, as an MRI's background is; the
+    same array when it has none."""
+    top, bottom, left, right = bright_margins(gray)
+    if not (top or bottom or left or right):
+        return gray
+    out = gray.copy()
+    h, w = gray.shape
+    out[:top], out[h - bottom:], out[:, :left], out[:, w - right:] = 0, 0, 0, 0
+    return out
+
+
 def head_mask(gray: np.ndarray, otsu_fraction: float = PREPROCESSING["crop_otsu_fraction"],
               min_threshold: float = PREPROCESSING["crop_min_threshold"],
               min_area: float = PREPROCESSING["crop_min_area"]) -> np.ndarray:
@@ -40,7 +72,7 @@ def head_mask(gray: np.ndarray, otsu_fraction: float = PREPROCESSING["crop_otsu_
     scale = 256.0 / max(h, w)
     small = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA) \
         if scale < 1 else gray
-    blur = cv2.GaussianBlur(small, (5, 5), 0)
+    blur = cv2.GaussianBlur(blank_frame(small), (5, 5), 0)  # a page or film frame is background, not head
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thresh = max(float(min_threshold), float(otsu_fraction) * otsu)
     binary = (blur > thresh).astype(np.uint8)
@@ -117,6 +149,7 @@ def prepare(gray: np.ndarray, size: int, settings: Optional[dict] = None) -> tup
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"prepare expects an H x W uint8 slice, got {gray.dtype} {gray.shape}")
     s = preprocessing_settings(settings)
+    gray = blank_frame(gray)
     crop = head_crop(gray, s["crop_margin"], otsu_fraction=s["crop_otsu_fraction"],
                      min_threshold=s["crop_min_threshold"], min_area=s["crop_min_area"])
     return apply_crop(gray, crop, size), crop

@@ -5,9 +5,10 @@ and stored in the checkpoint:
 - temperature scaling of the logits (config.temperature);
 - an abstention threshold on calibrated confidence (config.abstain_below): the lowest threshold at
   which the validation error among accepted answers is <= 1%, keeping at least 80% of them;
-- a Mahalanobis detector on the network's pooled features (class means and a shared, shrunk covariance
-  fitted on training MRIs; threshold at the 99.5th percentile of validation MRIs' distances). It is
-  fitted on MRIs only, so every non-MRI image used to measure it is unseen.
+- a Mahalanobis detector on the channel means of the network's layer3 (class means and a shared, shrunk
+  covariance fitted on training MRIs; threshold at the 99.5th percentile of validation MRIs' distances). It is
+  fitted on MRIs only, so every non-MRI image used to measure it is unseen. Models from before 2026-12-04 read
+  the pooled features instead (config.ood_features "pooled"); refitting one moves it to layer3.
 
 Refit an existing model folder (reads its split.json and the data roots it names; --data SOURCE=DIR moves one):
     python -m brain_tumor.trust model/
@@ -32,11 +33,13 @@ import torch.nn.functional as F
 
 from .preprocess import normalise
 from .metrics import classification_report
-from .model import TumorClassifier
+from .model import OOD_FEATURES, TumorClassifier
 
 OOD_QUANTILE = 0.995
 TARGET_ERROR = 0.01
 MIN_COVERAGE = 0.8
+DETECTOR_METHODS = {"layer3": "Mahalanobis distance on layer3's channel means, class means, shared covariance",
+                    "pooled": "Mahalanobis distance on pooled ResNet features, shared covariance"}
 BLANK_STD = 4.0  # an image with less spread than this (0..255) has nothing to read
 
 
@@ -45,11 +48,12 @@ BLANK_STD = 4.0  # an image with less spread than this (0..255) has nothing to r
 @torch.inference_mode()
 def extract(model: TumorClassifier, images: torch.Tensor, batch_size: int = 64,
             transform=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and pooled features for N x S x S uint8 prepared images (optionally transformed in [0, 1] first)."""
+    """Logits and the MRI detector's features for N x S x S uint8 prepared images (optionally transformed in [0, 1]
+    first)."""
     model.eval()
     device = next(model.parameters()).device
     logits = [torch.zeros(0, len(model.config.class_names))]
-    features = [torch.zeros(0, 512)]
+    features = [torch.zeros(0, OOD_FEATURES[model.config.ood_features])]
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].float().div(255).unsqueeze(1)
         if transform is not None:
@@ -249,8 +253,8 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
         f_thr = torch.cat([f_val, f_view])
     k = len(model.config.class_names)
     means, precision = fit_ood(f_fit, y_fit, k)
-    model.ood_mean.copy_(means)
-    model.ood_precision.copy_(precision)
+    device = model.ood_mean.device
+    model.ood_mean, model.ood_precision = means.to(device), precision.to(device)  # (a refit may change the width)
     d_thr = model.ood_distance(f_thr).numpy()
     threshold = float(np.quantile(d_thr, OOD_QUANTILE))
     model.config.ood_threshold = threshold
@@ -271,7 +275,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
         "abstain_rate": float((conf < model.config.abstain_below).mean()),
         "error_when_answering": float(1 - correct[conf >= model.config.abstain_below].mean())
         if (conf >= model.config.abstain_below).any() else None,
-        "mri_detector": {"method": "Mahalanobis distance on pooled ResNet features, shared covariance",
+        "mri_detector": {"method": DETECTOR_METHODS[model.config.ood_features],
                          "threshold": threshold, "quantile_of_validation_mris": OOD_QUANTILE,
                          "validation_mris_flagged": float((d_val > threshold).mean())},
     }
@@ -331,6 +335,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: cannot read {folder / 'split.json'}: {e}", file=sys.stderr)
         return 2
     model = load_model(str(folder))
+    model.config.ood_features = "layer3"  # (an older model's detector read the pooled features: refit, it moves)
     classes = model.config.class_names
     try:
         if "roots" in info:

@@ -23,16 +23,18 @@ import torch
 from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
 from brain_tumor.metrics import tumor_probability, tumor_scores
-from brain_tumor.trust import predict_logits, sequence_proxy
+from brain_tumor.trust import extract, sequence_proxy
 from scripts._images import scored_images
 
 
-def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None) -> np.ndarray:
+def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated class probabilities for the slices, prepared as the model reads them and then, if given,
-    ``transform``ed in [0, 1] (as training scores its proxy)."""
+    ``transform``ed in [0, 1] (as training scores its proxy); and which of them the MRI detector flags."""
     prepared = torch.from_numpy(np.stack([predictor.prepare(g)[0] for g in grays]))
-    logits = predict_logits(predictor.model, prepared, transform=transform)
-    return torch.softmax(logits / predictor.config.temperature, 1).numpy()
+    logits, features = extract(predictor.model, prepared, transform=transform)
+    flagged = predictor.model.ood_distance(features).numpy() > predictor.config.ood_threshold \
+        if predictor.config.ood_threshold > 0 else np.zeros(len(grays), bool)
+    return torch.softmax(logits / predictor.config.temperature, 1).numpy(), flagged
 
 
 def film(gray: np.ndarray, rng) -> np.ndarray:
@@ -60,12 +62,14 @@ def main(argv=None) -> int:
                 "inverted + film": (film, sequence_proxy)}  # (on the slice, on the model's input)
     rows = {}
     for name, (on_slice, on_input) in variants.items():
-        probs = probabilities(predictor, [on_slice(g, rng) if on_slice else g for g in grays], on_input)
+        probs, flagged = probabilities(predictor, [on_slice(g, rng) if on_slice else g for g in grays], on_input)
         s = tumor_scores(is_tumor, tumor_probability(probs, no_tumor))
         s["accuracy_4class"] = float(np.mean(probs.argmax(1) == y))
+        s["flagged_not_mri"] = float(flagged.mean())
         rows[name] = s
         print(f"{name:<16} tumour sensitivity {s['tumor_sensitivity']:.3f}  specificity {s['tumor_specificity']:.3f}  "
-              f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}",
+              f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}  "
+              f"flagged 'not a brain MRI' {s['flagged_not_mri']:.3f}",
               flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": predictor.source, "n": len(paths), "rows": rows}, indent=1))

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         for start in range(0, len(prepared), 64):
             x = to_tensor(prepared[start:start + 64], predictor.config.mean, predictor.config.std)
-            lo, f = model.forward_with_features(x)
+            lo, f, _ = model(x, with_maps=True)  # the pooled features, the head's input
             logits.append(lo)
             feats.append(f)
             flipped.append(model(torch.flip(x, dims=[3])))

@@ -5,7 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from brain_tumor.preprocess import apply_crop, head_crop, head_mask, prepare, thumbnail, to_tensor, uncrop
+from brain_tumor.preprocess import (apply_crop, bright_margins, head_crop, head_mask, prepare, thumbnail, to_tensor,
+                                   uncrop)
 from brain_tumor.datasets import find_splits, read_class_folders
 from brain_tumor.decode import read_image
 from brain_tumor.splits import grouped_split, near_duplicate_groups
@@ -59,6 +60,22 @@ def test_head_crop_removes_border_and_size():
     assert crop.side < 260
     mask = head_mask(framed)
     assert mask[150, 130] and not mask[5, 5]
+
+
+def test_white_page_frame_is_background():
+    """A slice pasted on a white page (a paper figure, a film photographed on its frame): the frame is not head,
+    even where the head touches it, and the model sees the slice as it would without the page."""
+    img = synthetic_slice(3, size=200)
+    img[150:, 60:140] = 120  # the neck runs off the slice's lower edge
+    page = cv2.copyMakeBorder(img, 30, 30, 40, 40, cv2.BORDER_CONSTANT, value=245)
+    cv2.putText(page, "R", (48, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)  # a film's side letter
+    assert bright_margins(page) == (30, 30, 40, 40) and bright_margins(img) == (0, 0, 0, 0)
+    a, _ = prepare(img, 64)
+    b, crop = prepare(page, 64)
+    assert np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1] > 0.95
+    assert crop.side < 250 and b[0].max() < 100  # not the page: no white line along the top
+    mask = head_mask(page)
+    assert mask[130, 140] and not mask[5, 5] and not mask[:27].any()  # (the mask is made at 256 px: a pixel or so)
 
 
 def test_uncrop_maps_back_to_original_grid():

@@ -8,7 +8,7 @@ import torch
 from brain_tumor.preprocess import prepare
 from brain_tumor.trust import fit_temperature
 from brain_tumor.inference import NOT_MRI, Predictor
-from brain_tumor.model import create_model
+from brain_tumor.model import ModelConfig, ModelLoadError, TumorClassifier, create_model
 from brain_tumor.trust import calibrate, choose_abstain_threshold, fit_ood, non_mri_images
 from conftest import CLASSES, synthetic_slice
 
@@ -34,16 +34,37 @@ def test_abstain_threshold_meets_the_error_target():
 
 def test_mahalanobis_detector_separates_far_points():
     rng = np.random.default_rng(0)
-    feats = torch.tensor(np.concatenate([rng.normal(0, 1, (200, 512)), rng.normal(3, 1, (200, 512))]),
+    model = create_model(["a", "b"], init="scratch")
+    width = model.ood_mean.shape[1]
+    assert width == 256  # new models read layer3's channel means
+    feats = torch.tensor(np.concatenate([rng.normal(0, 1, (200, width)), rng.normal(3, 1, (200, width))]),
                          dtype=torch.float32)
     labels = torch.tensor([0] * 200 + [1] * 200)
-    model = create_model(["a", "b"], init="scratch")
     means, precision = fit_ood(feats, labels, 2)
     model.ood_mean.copy_(means)
     model.ood_precision.copy_(precision)
-    near = model.ood_distance(torch.tensor(rng.normal(3, 1, (20, 512)), dtype=torch.float32))
-    far = model.ood_distance(torch.tensor(rng.normal(-6, 1, (20, 512)), dtype=torch.float32))
+    near = model.ood_distance(torch.tensor(rng.normal(3, 1, (20, width)), dtype=torch.float32))
+    far = model.ood_distance(torch.tensor(rng.normal(-6, 1, (20, width)), dtype=torch.float32))
     assert far.min() > near.max()
+
+
+def test_detector_reads_layer3_means_and_older_configs_keep_pooled(tmp_path):
+    """The detector's features are layer3's channel means, from the answer's own pass; a config.json from before
+    the field loads with the pooled-feature detector its weights carry, and refitting moves it to layer3."""
+    model = create_model(["a", "b"], init="scratch").eval()
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        logits, feats = model.forward_with_features(x)
+        n = model.net
+        mid = n.layer3(n.layer2(n.layer1(n.maxpool(n.relu(n.bn1(n.conv1(x)))))))
+    assert torch.allclose(feats, mid.mean((2, 3)), atol=1e-5) and torch.allclose(logits, model(x), atol=1e-5)
+    old = ModelConfig.from_dict({"class_names": ["a", "b"]})
+    assert old.ood_features == "pooled" and TumorClassifier(old).ood_mean.shape == (2, 512)
+    model.config.ood_features = "pooled"
+    with torch.no_grad():
+        assert model.forward_with_features(x)[1].shape == (3, 512)
+    with pytest.raises(ModelLoadError, match="ood_features"):
+        ModelConfig.from_dict({"class_names": ["a", "b"], "ood_features": "layer9"})
 
 
 @pytest.fixture(scope="module")
