@@ -1,6 +1,7 @@
 """The one preprocessing path, from a decoded slice to the network's input: head crop, square, resize, normalise.
 
-Training, evaluation, the CLI and the app all call ``prepare`` (crop to the head, pad to a square, resize) and
+Training, evaluation, the CLI and the app all call ``prepare`` (blank a white page or film frame around the slice,
+crop to the head, pad to a square, resize) and
 ``to_tensor`` / ``normalise`` (grayscale on three channels, mean/std, channels-last). Cropping to the head
 removes the image size and the border, the shortcuts that fooled the original project. The crop's numbers are
 data: a checkpoint's config carries them and ``preprocessing_settings`` reads them back (today's defaults,
