@@ -1,4 +1,5 @@
-"""Evaluations of a trained model, not speed tests: the heat-map choice, the shortcut proxy, the uncertainty scores.
+"""Evaluations of a trained model, not speed tests: the heat-map and MRI-detector choices, the shortcut proxy, the
+uncertainty scores.
 
 Run from the repository as ``python -m scripts.NAME``; the package never imports them.
 """

@@ -116,6 +116,16 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     refit = json.loads((out / "config.json").read_text())["metrics"]["mri_detector"]
     assert set(refit["validation_flagged_by_group"]) <= {"kaggle", "lgg/flair", "lgg/t1"}
     assert 0 <= refit["validation_view_flagged"] <= 1
+    from scripts import detector_choice  # with every training slice, its layer3 row is the detector trust fitted
+    assert detector_choice.main(["--model", str(out), "--per-source", "1000", "--json", str(tmp_path / "d.json")]) == 0
+    choice = json.loads((tmp_path / "d.json").read_text())["candidates"]
+    assert set(choice) == {"pooled", "layer3", "layer2"}
+    # (up to the skull-stripped view's random strip width, drawn anew in each fit: a few images either way)
+    assert choice["layer3"]["validation_flagged"] == pytest.approx(refit["validation_mris_flagged"], abs=0.05)
+    assert choice["layer3"]["non_mri_caught"] == pytest.approx(refit["non_mri_flagged"], abs=0.05)
+    for row in choice.values():
+        assert set(row["leave_one_source_out"]) == {"kaggle", "lgg"}
+        assert all(0 <= v["flagged"] <= 1 for v in row["leave_one_source_out"].values())
     card = (out / "README.md").read_text()
     assert "license: other" in card  # synthetic roots are no known source: their terms are not ours to state
     assert "model-index" in card and "lgg/flair (grouped validation split)" in card
