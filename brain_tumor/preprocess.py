@@ -29,18 +29,21 @@ class Crop:
     width: int
 
 
-def bright_margins(gray: np.ndarray, level: float = 128.0, tol: float = 6.0) -> tuple[int, int, int, int]:
+def bright_margins(gray: np.ndarray, level: float = 128.0, tol: float = 6.0,
+                   share: float = 0.8) -> tuple[int, int, int, int]:
     """Rows (top, bottom) and columns (left, right) of a bright, uniform margin around the image: the white page
-    or film frame of a slice copied from a paper, a report or a screenshot. A margin line is one whose pixels
-    have a standard deviation of at most ``tol`` around a mean of at least ``level``; at most a third of each side
-    is taken. Lines are read from the edge inwards until one is not margin (one line for most slices)."""
+    or film frame of a slice copied from a paper, a report or a screenshot. A margin line is one whose median is at
+    least ``level`` and at least ``share`` of whose pixels lie within ``tol`` of it (so a label or a letter written
+    on the page does not end the margin); at most a third of each side is taken. Lines are read from the edge
+    inwards until one is not margin (one line for most slices)."""
     h, w = gray.shape
 
     def run(line, limit: int) -> int:
         n = 0
         while n < limit:
             values = line(n).astype(np.float32)
-            if values.std() > tol or values.mean() < level:
+            middle = float(np.median(values))
+            if middle < level or np.mean(np.abs(values - middle) <= tol) < share:
                 break
             n += 1
         return n

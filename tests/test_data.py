@@ -69,6 +69,7 @@ def test_white_page_frame_is_background():
     img[150:, 60:140] = 120  # the neck runs off the slice's lower edge
     page = cv2.copyMakeBorder(img, 30, 30, 40, 40, cv2.BORDER_CONSTANT, value=245)
     cv2.putText(page, "R", (48, 60), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)  # a film's side letter
+    cv2.putText(page, "Fig. 2", (4, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 0, 2)  # a label on the page itself
     assert bright_margins(page) == (30, 30, 40, 40) and bright_margins(img) == (0, 0, 0, 0)
     a, _ = prepare(img, 64)
     b, crop = prepare(page, 64)
