@@ -434,13 +434,15 @@ demo = build_demo(predictor)
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit, so the private temp dir is removed
-    launch(demo, share=_ARGS.share, port=_ARGS.port, prevent_thread_lock=True)
-    if _ARGS.share and not demo.share_url:
-        print("\nNo public share link: it needs a connection to gradio.live, which failed here. "
-              f"The app is still served locally at {demo.local_url}", file=sys.stderr)
     # Not demo.block_thread(): on Ctrl-C it closes only the HTTP server, which then waits 5 s on the clients'
     # open heartbeat streams. Blocks.close ends those and the queue first (exit 1.8 s after Ctrl-C here, was 6.7 s).
+    # launch() is inside the try: the server serves before launch returns, and a Ctrl-C in that window would
+    # otherwise leave the server's thread running, and the process with it.
     try:
+        launch(demo, share=_ARGS.share, port=_ARGS.port, prevent_thread_lock=True)
+        if _ARGS.share and not demo.share_url:
+            print("\nNo public share link: it needs a connection to gradio.live, which failed here. "
+                  f"The app is still served locally at {demo.local_url}", file=sys.stderr)
         while demo.is_running:
             time.sleep(0.1)
     except KeyboardInterrupt:

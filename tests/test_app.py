@@ -348,6 +348,31 @@ def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_ctrl_c_as_soon_as_the_page_answers_stops_the_app_cleanly(tiny_model_dir, tmp_path):
+    """The server answers before launch() has returned: a Ctrl-C in that window used to escape the clean shutdown
+    (the process died of the signal, or hung on the server's thread). Sent the moment the page first answers."""
+    port = free_port()
+    env = {**os.environ, "BRAIN_TUMOR_MODEL": str(tiny_model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "Stopping the app" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow
 def test_python_app_py_reports_a_missing_model(tmp_path):
     env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "nowhere")], cwd=ROOT, env=env,
