@@ -434,6 +434,9 @@ demo = build_demo(predictor)
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a clean exit, so the private temp dir is removed
+    # Ctrl-C (SIGINT) stops the app cleanly even where it was started with SIGINT ignored (a shell's background job
+    # inherits that, and Python then raises no KeyboardInterrupt: the app could not be stopped but by a kill).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     # Not demo.block_thread(): on Ctrl-C it closes only the HTTP server, which then waits 5 s on the clients'
     # open heartbeat streams. Blocks.close ends those and the queue first (exit 1.8 s after Ctrl-C here, was 6.7 s).
     # launch() is inside the try: the server serves before launch returns, and a Ctrl-C in that window would
