@@ -171,7 +171,9 @@ class Predictor:
         probs = torch.softmax(logits.float().cpu() / self.config.temperature, 1).numpy()
         return probs, probs.argmax(1)
 
-    def _looks_like_mri(self, features: torch.Tensor, grays: Sequence[np.ndarray]) -> np.ndarray:
+    def looks_like_mri(self, features: torch.Tensor, grays: Sequence[np.ndarray]) -> np.ndarray:
+        """For each slice (its gray image and its detector features, ``forward_with_features``): not blank, and
+        within the MRI detector's threshold (when the model has one)."""
         blank = np.array([looks_blank(g) for g in grays])
         if self.config.ood_threshold <= 0:
             return ~blank
@@ -209,7 +211,7 @@ class Predictor:
                                             self.config.output_stride)
             if maps is not None and self.config.cam_power != 1.0:
                 maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
-            mri = self._looks_like_mri(features, grays[start:start + batch_size])
+            mri = self.looks_like_mri(features, grays[start:start + batch_size])
             for i, (img, crop) in enumerate(chunk):
                 p = self._prediction(probs[i], img, crop, None if maps is None else maps[i],
                                      method if heatmaps else None,

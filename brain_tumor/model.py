@@ -34,6 +34,13 @@ _UNSAFE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 OOD_FEATURES = {"layer3": 256, "pooled": 512}  # the MRI detector's input, and its width
 
 
+def nearest_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distance of each row of ``features`` (N x D) to the nearest of ``means`` (K x D), under
+    one shared ``precision`` (D x D): the MRI detector's distance."""
+    diff = features[:, None, :] - means[None]  # N x K x D
+    return torch.einsum("nkd,de,nke->nk", diff, precision, diff).min(1).values
+
+
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded, with the reason and what to do."""
 
@@ -186,8 +193,7 @@ class TumorClassifier(nn.Module):
         """Squared Mahalanobis distance of each detector feature vector (``forward_with_features``) to the nearest
         class mean (0s if not fitted)."""
         f = features.detach().float()
-        diff = f.to(self.ood_mean.device)[:, None, :] - self.ood_mean[None]  # N x K x width
-        return torch.einsum("nkd,de,nke->nk", diff, self.ood_precision, diff).min(1).values.to(f.device)
+        return nearest_mahalanobis(f.to(self.ood_mean.device), self.ood_mean, self.ood_precision).to(f.device)
 
     def backbone_parameters(self):
         return [p for n, p in self.net.named_parameters() if not n.startswith("fc.")]

@@ -26,7 +26,7 @@ import torch
 
 from brain_tumor import datasets, splits
 from brain_tumor.augment import strip_view
-from brain_tumor.model import load_model
+from brain_tumor.model import load_model, nearest_mahalanobis
 from brain_tumor.preprocess import normalise, prepare
 from brain_tumor.trust import OOD_QUANTILE, fit_ood, looks_blank, non_mri_images
 
@@ -54,17 +54,16 @@ def features(model, images: torch.Tensor, transform=None, batch_size: int = 64) 
     return {c: torch.cat(v) if v else torch.zeros(0) for c, v in got.items()}
 
 
-def distances(f: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> np.ndarray:
-    diff = f[:, None, :] - means[None]
-    return torch.einsum("nkd,de,nke->nk", diff, precision, diff).min(1).values.numpy()
-
-
 def score(fit: list[torch.Tensor], labels: torch.Tensor, k: int, threshold_on: list[torch.Tensor],
           scored: dict[str, torch.Tensor]) -> tuple[float, dict[str, np.ndarray]]:
     """Fit on the ``fit`` views (each with ``labels``), threshold on ``threshold_on``; flags for each ``scored``."""
     means, precision = fit_ood(torch.cat(fit), torch.cat([labels] * len(fit)), k)
-    threshold = float(np.quantile(np.concatenate([distances(f, means, precision) for f in threshold_on]), OOD_QUANTILE))
-    return threshold, {name: distances(f, means, precision) > threshold for name, f in scored.items()}
+
+    def distances(f: torch.Tensor) -> np.ndarray:
+        return nearest_mahalanobis(f, means, precision).numpy()
+
+    threshold = float(np.quantile(np.concatenate([distances(f) for f in threshold_on]), OOD_QUANTILE))
+    return threshold, {name: distances(f) > threshold for name, f in scored.items()}
 
 
 def main(argv=None) -> int:

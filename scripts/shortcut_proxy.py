@@ -32,8 +32,7 @@ def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None)
     ``transform``ed in [0, 1] (as training scores its proxy); and which of them the MRI detector flags."""
     prepared = torch.from_numpy(np.stack([predictor.prepare(g)[0] for g in grays]))
     logits, features = extract(predictor.model, prepared, transform=transform)
-    flagged = predictor.model.ood_distance(features).numpy() > predictor.config.ood_threshold \
-        if predictor.config.ood_threshold > 0 else np.zeros(len(grays), bool)
+    flagged = ~predictor.looks_like_mri(features, grays)  # the app's own check
     return torch.softmax(logits / predictor.config.temperature, 1).numpy(), flagged
 
 

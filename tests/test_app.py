@@ -1,6 +1,7 @@
 """The Gradio app, served in-process on a free port with the tiny model and called with gradio_client."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -316,10 +317,12 @@ def test_uploads_do_not_linger_in_the_temp_dir(app, client, tmp_path):
     assert not [f for f in left if Path(app.TEMP_DIR, f).stat().st_size == 0], left  # no empty temp files
 
 
-@pytest.mark.slow
-def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
+@contextlib.contextmanager
+def app_process(model_dir, tmp_path, poll: float):
+    """``python app.py`` on a free port, started and waited for until its page first answers (polled every
+    ``poll`` s, 90 s at most): yields (process, port, that page's bytes); killed on the way out if still running."""
     port = free_port()
-    env = {**os.environ, "BRAIN_TUMOR_MODEL": str(tiny_model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
+    env = {**os.environ, "BRAIN_TUMOR_MODEL": str(model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -327,12 +330,23 @@ def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    assert r.status == 200 and b"Brain MRI tumour classifier" in r.read()
+                    page = r.read() if r.status == 200 else b""
                     break
             except OSError:
-                time.sleep(0.5)
+                time.sleep(poll)
         else:
             pytest.fail(f"app.py did not serve on port {port}: {proc.stdout.read() if proc.poll() is not None else ''}")
+        yield proc, port, page
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
+    with app_process(tiny_model_dir, tmp_path, poll=0.5) as (proc, port, page):
+        assert b"Brain MRI tumour classifier" in page
         from gradio_client import Client
 
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)  # holds a heartbeat stream open
@@ -341,35 +355,16 @@ def test_python_app_py_serves_on_the_given_port(tiny_model_dir, tmp_path):
         client.close()
         assert proc.returncode == 0, out
         assert "Closing server running on port" in out  # Blocks.close ran, not only the HTTP server's close
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 @pytest.mark.slow
 def test_ctrl_c_as_soon_as_the_page_answers_stops_the_app_cleanly(tiny_model_dir, tmp_path):
     """The server answers before launch() has returned: a Ctrl-C in that window used to escape the clean shutdown
     (the process died of the signal, or hung on the server's thread). Sent the moment the page first answers."""
-    port = free_port()
-    env = {**os.environ, "BRAIN_TUMOR_MODEL": str(tiny_model_dir), "GRADIO_TEMP_DIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.02)
+    with app_process(tiny_model_dir, tmp_path, poll=0.02) as (proc, _, _):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "Stopping the app" in out, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 @pytest.mark.slow
