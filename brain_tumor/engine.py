@@ -30,7 +30,7 @@ from .augment import augment_appearance, augment_geometry, strip_view
 from .config import TrainConfig, use_bf16
 from .preprocess import normalise
 from .distributed import World, setup, teardown
-from . import datasets, splits
+from . import cam_offset, datasets, splits
 from .metrics import MIN_SUPPORT, format_group_table, group_reports, selection_score
 from .model import TumorClassifier, create_model, load_model, save_model
 from .trust import evaluate_logits, predict_logits, record_calibration, sequence_proxy
@@ -602,6 +602,10 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
                                          f"layer4 CAM pointing game, each counted where it rests on >= {MIN_SUPPORT} "
                                          "images"}
     record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view, val_groups=sets["val_groups"])
+    log("fitting the heat maps' sideways offsets (mirrored training slices)")
+    model.config.cam_shift = {}  # (an --init model's offsets belong to its own weights)
+    pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:cam_offset.MAX_SLICES]
+    cam_offset.fit(model, x_train[pick])
     temperature = model.config.temperature
     val = model.config.metrics["validation"]
     final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature)
@@ -630,6 +634,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
         "data_sources": {g: int(k) for g, k in sorted(Counter(data["col"].groups()).items())},
         "sampling_share": share, "forward_precision": forward_precision(cfg.precision, world.device),
         "world_size": world.size, "global_batch": cfg.batch_size * world.size,
+        "notes": list(cfg.notes),  # (the model card's; kept here so that every refit's card keeps them)
     }
     model = model.cpu().to(memory_format=torch.contiguous_format)
     save_model(model, out)
@@ -640,7 +645,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
             f"{calib.get('error_when_answering') or 0:.1%} of the validation slices it answers: it is weak, and its "
             "'needs review' flag protects little. Train longer or on more data before serving it.")
     from .hub import write_model_card
-    write_model_card(out, model.config, notes=cfg.notes)
+    write_model_card(out, model.config)
     log(f"validation (grouped, calibrated T={temperature:.2f}): accuracy {val['accuracy']:.4f}, "
         f"tumour sensitivity {val['tumor_sensitivity']:.3f}, "
         f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}, group score {final['score']:.4f}")

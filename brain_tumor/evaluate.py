@@ -128,6 +128,11 @@ def evaluate(predictor: Predictor, data: Union[str, Sequence[str]], heatmaps: bo
     figures["not_mri_flagged"] = float(flagged.mean())
     if heatmaps:
         figures.update(_heatmap_figures(predictor, [scores[i] for i in ok if i in scores]))
+        by_class = {name: _heatmap_figures(predictor, [scores[i] for i in ok if i in scores and folder.labels[i] == k])
+                    for k, name in enumerate(folder.classes)}  # the data's own classes: a tumour type's boxes
+        if any("pointing_game" in f for f in by_class.values()):
+            figures["boxes_by_class"] = {name: {key: f[key] for key in ("pointing_game", "heat_in_box", "n_boxes")}
+                                         for name, f in by_class.items() if "pointing_game" in f}
     details = {"paths": [str(folder.paths[i]) for i in ok], "y": y, "probs": probs, "raw": raw, "mode": mode,
                "confidence": confidence, "raw_confidence": raw_confidence, "correct": correct, "coverage": cov, "risk": risk,
                "results": [results[i] for i in ok]}
@@ -191,6 +196,10 @@ def format_figures(f: dict[str, Any]) -> str:
                      f"{fmt(f['heat_in_head'])}" + (f"; on {f['n_boxes']} boxes: pointing game "
                                                   f"{fmt(f['pointing_game'])}, heat inside the box {fmt(f['heat_in_box'])}"
                                                   if "pointing_game" in f else ""))
+    if f.get("boxes_by_class"):
+        lines.append("by tumour type: " + ", ".join(
+            f"{c} {fmt(r['pointing_game'])} / {fmt(r['heat_in_box'])} ({r['n_boxes']} boxes)"
+            for c, r in f["boxes_by_class"].items()) + "   (pointing game / heat inside the box)")
     return "\n".join(lines)
 
 

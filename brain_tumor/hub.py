@@ -37,6 +37,13 @@ def _trust_section(config: ModelConfig) -> list[str]:
                                f"{_fmt(r.get('heat_in_head'))} ({r.get('n_boxes')} slices)"
                                for root, r in (h.get("by_source") or {}).items())
                      + f". {h.get('why', '')}")
+    shift = config.cam_shift.get(f"{config.cam_layer}/{config.cam_method}")
+    if shift and any(shift.values()):
+        lines.append("- Each class's map is drawn moved sideways by the offset this network's maps of that class carry, "
+                     "measured without labels from mirrored training slices (`brain_tumor.cam_offset`), undone; "
+                     "moved by (+: to the right) "
+                     + ", ".join(f"{config.display(c)} {-px:+g} px" for c, px in shift.items() if px)
+                     + f" of the {config.img_size} px view.")
     c = m.get("calibration")
     if c:
         lines.append(f"- Calibration: temperature {c['temperature']:.2f} fitted on the grouped validation split; "
@@ -160,7 +167,7 @@ def _group_section(config: ModelConfig) -> list[str]:
     return lines
 
 
-def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
+def model_card(config: ModelConfig, notes: Optional[Sequence[str]] = None) -> str:
     """The model card (huggingface_hub ModelCard): front matter with model-index results per validation source,
     then data, validation figures per source and sequence, trust, training, intended use and limitations."""
     from huggingface_hub import ModelCard
@@ -242,7 +249,7 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
         "- Heat maps show what drove the network, not where the tumour is.",
         "- Uncalibrated outside this data: confidence on other scanners/sequences can be wrong.",
     ]
-    for n in notes:
+    for n in (config.training or {}).get("notes", []) if notes is None else notes:
         lines += ["", n]
     if (config.training or {}).get("command"):
         lines += ["", "## Reproduce", "```", config.training["command"], "```"]
@@ -250,7 +257,9 @@ def model_card(config: ModelConfig, notes: Sequence[str] = ()) -> str:
     return str(ModelCard("---\n" + card_data(config).to_yaml() + "\n---\n\n" + body))
 
 
-def write_model_card(folder, config: ModelConfig, notes: Sequence[str] = ()) -> Path:
+def write_model_card(folder, config: ModelConfig, notes: Optional[Sequence[str]] = None) -> Path:
+    """The card of a model folder. ``notes`` (default: those kept in ``config.training["notes"]``, so that a refit
+    rewriting the card keeps them) follow the limitations."""
     path = Path(folder) / "README.md"
     path.write_text(model_card(config, notes))
     return path

@@ -19,7 +19,8 @@ import torch
 from .config import native_bf16, use_bf16
 from .decode import ImageReadError, read_image
 from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
-from .explain import FAST_METHODS, OnePass, check_method, library_maps, upsample
+from . import cam_offset
+from .explain import FAST_METHODS, OnePass, check_method, library_maps, translate, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
 from .verdict import NEEDS_REVIEW, NOT_MRI, Verdict, decide  # noqa: F401  (NEEDS_REVIEW, NOT_MRI: public names)
@@ -209,6 +210,8 @@ class Predictor:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
                         maps = library_maps(self.model, x, classes, method, self.config.cam_layer,
                                             self.config.output_stride)
+            if maps is not None:
+                maps = self._placed(maps, classes, method)
             if maps is not None and self.config.cam_power != 1.0:
                 maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
             mri = self.looks_like_mri(features, grays[start:start + batch_size])
@@ -219,6 +222,13 @@ class Predictor:
                 p.looks_like_mri = bool(mri[i])
                 out.append(p)
         return out
+
+    def _placed(self, maps: np.ndarray, classes: Sequence[int], method: str) -> np.ndarray:
+        """Each map moved back by its class's fitted offset (config.cam_shift, for this layer and method; none
+        where it was not fitted)."""
+        shift = self.config.cam_shift.get(cam_offset.key(self.config.cam_layer, method), {})
+        dx = [-float(shift.get(self.classes[int(c)], 0.0)) for c in classes]
+        return translate(maps, dx) if any(dx) else maps
 
     def _prediction(self, probs: np.ndarray, img: np.ndarray, crop: Crop, heat: Optional[np.ndarray],
                     method: Optional[str], heat_class: int) -> Prediction:

@@ -12,6 +12,7 @@ calibration temperature, Grad-CAM layer, published metrics), so serving cannot d
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,9 @@ class ModelConfig:
     cam_layer: str = "layer4"  # heat-map target layer, or layers fused ("layer3:0.75+layer4"), chosen by scripts/heatmaps.py
     cam_method: str = "gradcam"  # default heat-map method, chosen the same way
     cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
+    # "layer/method" -> class -> pixels (of the img_size view) by which that class's maps sit right of the
+    # evidence; the map is drawn moved back by that much (fitted without labels: brain_tumor.cam_offset)
+    cam_shift: dict[str, dict[str, float]] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
         "crop": "square around the head mask (blurred, thresholded at crop_otsu_fraction of Otsu's level and at least "
@@ -128,6 +132,12 @@ def _check_config(d: Any) -> None:
         preprocessing_settings(d.get("preprocessing") if isinstance(d.get("preprocessing"), dict) else None)
     except ValueError as e:
         raise ModelLoadError(f"config.json: {e}") from None
+    shift = d.get("cam_shift", {})
+    if not isinstance(shift, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(
+                isinstance(c, str) and isinstance(px, (int, float)) and math.isfinite(px) for c, px in v.items())
+            for k, v in shift.items()):
+        raise ModelLoadError(f"config.json cam_shift must map 'layer/method' to class -> pixels, got {str(shift)[:60]}")
     shown = d.get("display_names", {})
     if not isinstance(shown, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in shown.items()):
         raise ModelLoadError(f"config.json display_names must map class names to words, got {str(shown)[:60]}")

@@ -11,6 +11,9 @@ other slices.
 mean over the roots, so that a large set of one tumour type cannot carry the choice alone (per-root figures in
 the row's ``by_source``).
 
+Maps are scored as served: each class's map with the sideways offset ``config.cam_shift`` holds for that layer and
+method undone (none where it holds none: fit it first with ``python -m brain_tumor.cam_offset MODEL``).
+
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
 metrics["heatmaps"]) and refreshes its model card. Best: among the rows that keep at least 0.90 of the heat
 inside the head (on the other slices when given: the border-shortcut check), the highest pointing

@@ -39,6 +39,26 @@ def write_class_folders(root: Path, classes=CLASSES, per_class: int = 4, size: i
     return root
 
 
+def briefly_trained_model(img_size: int = 64, output_stride: int = 32):
+    """An untrained 4-class ResNet18 given five SGD steps on synthetic slices, so that its heat maps are not those
+    of a random network; in eval mode, no gradients."""
+    import torch
+
+    from brain_tumor.preprocess import to_tensor
+
+    torch.manual_seed(3)
+    m = create_model(CLASSES, init="scratch", img_size=img_size, output_stride=output_stride).eval()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    x = to_tensor(np.stack([synthetic_slice(i, img_size, tumor=i % 2 == 0) for i in range(16)]))
+    y = torch.tensor([i % 2 * 2 for i in range(16)])
+    m.train()
+    for _ in range(5):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+    return m.eval().requires_grad_(False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained 4-class ResNet18 at 64 px saved as a model folder."""

@@ -10,23 +10,12 @@ from brain_tumor.explain import (HEAT_FLOOR, OnePass, compute_with_library, fuse
                                  parse_layers, recentre, upsample)
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model
-from conftest import CLASSES, synthetic_slice
+from conftest import CLASSES, briefly_trained_model, synthetic_slice
 
 
 @pytest.fixture(scope="module", params=[32, 16], ids=["stride32", "dilated16"])
 def model(request):
-    torch.manual_seed(3)
-    m = create_model(CLASSES, init="scratch", img_size=64, output_stride=request.param).eval()
-    # a few steps of training so the maps are not those of a random network
-    opt = torch.optim.SGD(m.parameters(), lr=0.05)
-    x = to_tensor(np.stack([synthetic_slice(i, 64, tumor=i % 2 == 0) for i in range(16)]))
-    y = torch.tensor([i % 2 * 2 for i in range(16)])
-    m.train()
-    for _ in range(5):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(m(x), y).backward()
-        opt.step()
-    return m.eval().requires_grad_(False)
+    return briefly_trained_model(64, request.param)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])

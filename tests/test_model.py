@@ -188,3 +188,14 @@ def test_dilated_model_starts_from_stride_32_weights_and_describes_itself(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="output_stride"):
         load_model(str(tmp_path))
+
+
+def test_the_card_keeps_its_notes_through_a_refit(tiny_model_dir, tmp_path):
+    """Notes live in config.training: a refit that rewrites the card (trust, cam_offset, heatmaps) keeps them."""
+    from brain_tumor.hub import write_model_card
+
+    config = load_model(str(tiny_model_dir)).config
+    config.training = {**config.training, "notes": ["Release 9: how these weights were made."]}
+    assert "Release 9: how" in write_model_card(tmp_path, config).read_text()
+    assert "Release 9: how" not in write_model_card(tmp_path, config, notes=[]).read_text()
+    assert "Other words." in write_model_card(tmp_path, config, notes=["Other words."]).read_text()

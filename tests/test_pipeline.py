@@ -391,6 +391,21 @@ def test_evaluate_decodes_each_file_once(class_folders, tiny_model_dir, monkeypa
     assert f["n_boxes"] == 1 and f["pointing_game"] in (0.0, 1.0)
 
 
+def test_evaluate_scores_the_boxes_of_each_tumour_type(class_folders, tiny_model_dir):
+    from brain_tumor.inference import Predictor
+
+    for name in ("glioma_0", "glioma_1"):  # boxes over the whole slice: every peak and all heat inside
+        (class_folders / "glioma" / f"{name}.txt").write_text("0 0.5 0.5 1 1\n")
+    (class_folders / "pituitary" / "pituitary_0.txt").write_text("3 0.25 0.5 0.5 1\n")
+    f = evaluate.evaluate(Predictor(str(tiny_model_dir)), str(class_folders))["figures"]
+    by = f["boxes_by_class"]
+    assert set(by) == {"glioma", "pituitary"}
+    assert by["glioma"]["n_boxes"] == 2 and by["pituitary"]["n_boxes"] == 1
+    assert by["glioma"]["pointing_game"] == 1.0 and by["glioma"]["heat_in_box"] == pytest.approx(1.0)
+    assert f["pointing_game"] == pytest.approx((2 * 1.0 + by["pituitary"]["pointing_game"]) / 3)
+    assert "by tumour type: glioma 1.0000" in evaluate.format_figures(f)
+
+
 def test_evaluate_yes_no_scores_tumour_vs_none(tmp_path, tiny_model_dir):
     root = write_class_folders(tmp_path / "yn", classes=["yes", "no"], per_class=3)
     out = tmp_path / "f.json"

@@ -26,3 +26,5 @@ def test_the_shipped_card_reports_every_validation_source():
     card = (BUNDLED_MODEL / "README.md").read_text()
     assert "license: cc-by-nc-sa-4.0" in card  # trained on the LGG set: non-commercial, share alike
     assert "model-index" in card and "lgg-segmentation/flair (grouped validation split)" in card
+    notes = config["training"]["notes"]  # how these weights came to be: kept in the config, so every refit keeps them
+    assert notes and all(n in card for n in notes)

@@ -110,6 +110,15 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     col, is_val = splits.read_split(str(out))
     assert len(col) == 16 + 24 and is_val.sum() == len(split["val"])
     assert load_model(str(out)).targets == CLASSES
+    assert set(cfg["cam_shift"]) == {"layer4/gradcam", "layer4/gradcam++"}  # fitted by the run itself
+    assert set(cfg["cam_shift"]["layer4/gradcam"]) == set(CLASSES)
+    from brain_tumor import cam_offset
+    cfg["cam_shift"] = {}
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert cam_offset.main([str(out), "--max-slices", "12"]) == 0  # refit from split.json alone
+    refit = json.loads((out / "config.json").read_text())
+    assert set(refit["cam_shift"]) == {"layer4/gradcam", "layer4/gradcam++"}
+    assert refit["metrics"]["cam_offset"]["slices"] == 12
     from brain_tumor import trust
     capsys.readouterr()
     assert trust.main([str(out)]) == 0  # refit from split.json alone: the roots it names

@@ -1,0 +1,164 @@
+"""Where a class's heat map sits: the sideways offset a network's maps carry, fitted without labels.
+
+A network trained with left-right flips gives a slice and its mirror image the same answer, but nothing makes
+its last stage put the evidence where the tumour is: a unit may fire some pixels to one side of what it
+detects. Then every map of that class sits that far beside the tumour, always on the same side. Release 5's
+pituitary maps sat 20 px of 192 to the right (more than a layer4 cell), so they missed all 20 pituitary boxes
+of the figshare sample although they were centred on the sella's level.
+
+The mirror image shows this offset without a label. The map of a mirrored slice, mirrored back, sits as far to
+the other side. So half the horizontal shift that best aligns the two maps is the offset. It is fitted on
+training slices, for each class on the slices the model calls that class (the maps a user is shown), for the
+served layer and each one-pass method. The map is then drawn moved back by it (``config.cam_shift``; applied
+in ``Predictor.predict``). A class whose slices disagree (interquartile range wider than one cell of the
+layer) gets no shift: its offset is not a property of the network. Only the horizontal offset is fitted: no
+symmetry of a brain slice shows a vertical one (an upside-down slice is not one the network was trained to read).
+
+    python -m brain_tumor.cam_offset model/        # fit on the model's training split; writes config.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .explain import FAST_METHODS, OnePass, layer_stride, upsample
+from .preprocess import normalise
+
+MIN_SLICES = 10  # a class called on fewer training slices keeps no shift
+MAX_SLICES = 2000  # training slices read by the fit (a seeded sample of them)
+
+
+def key(layer: str, method: str) -> str:
+    """config.cam_shift's key for maps of ``method`` at ``layer``."""
+    return f"{layer}/{method}"
+
+
+def horizontal_lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
+    """For N pairs of H x W maps, the whole-pixel shift l (|l| <= max_lag) with a(x) best matching b(x - l):
+    the lag of the largest cross-correlation along x, summed over rows."""
+    n, _, w = a.shape
+    size = 2 * w
+    fa = np.fft.rfft(a, size, axis=-1)
+    fb = np.fft.rfft(b, size, axis=-1)
+    corr = np.fft.irfft((fa * np.conj(fb)).sum(1), size, axis=-1)  # corr[l] = sum_x a(x) b(x - l), l mod size
+    lags = np.arange(-max_lag, max_lag + 1)
+    return lags[np.argmax(corr[:, lags % size], axis=1)]
+
+
+def mirror_offsets(maps_of: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], x: torch.Tensor,
+                   max_lag: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Each slice's class and its map's horizontal offset, in input pixels (positive: right of the evidence).
+    ``maps_of(x, classes=None)`` gives (classes, N x S x S maps) of a normalised batch: the predicted classes
+    when ``classes`` is None, else those classes' maps."""
+    classes, offsets = [], []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        cls, a = maps_of(xb, None)
+        _, b = maps_of(xb.flip(-1), cls)
+        classes.append(np.asarray(cls))
+        offsets.append(horizontal_lag(a, b[:, :, ::-1], max_lag) / 2.0)
+    return np.concatenate(classes), np.concatenate(offsets)
+
+
+def summarise(classes: np.ndarray, offsets: np.ndarray, class_names: Sequence[str], cell: float
+              ) -> tuple[dict[str, float], dict[str, dict]]:
+    """Per class: the shift to apply (median offset, or 0 where the slices disagree by more than ``cell`` or
+    are fewer than MIN_SLICES) and what it rests on."""
+    shift, record = {}, {}
+    for k, name in enumerate(class_names):
+        o = offsets[classes == k]
+        if len(o) < MIN_SLICES:
+            shift[name] = 0.0
+            record[name] = {"slices": int(len(o)), "applied": 0.0, "why": f"fewer than {MIN_SLICES} slices"}
+            continue
+        q1, med, q3 = np.percentile(o, [25, 50, 75])
+        consistent = q3 - q1 <= cell
+        shift[name] = float(med) if consistent else 0.0
+        record[name] = {"slices": int(len(o)), "median": float(med), "iqr": [float(q1), float(q3)],
+                        "applied": shift[name]}
+        if not consistent:
+            record[name]["why"] = f"interquartile range {q3 - q1:.1f} px over one cell ({cell:g} px)"
+    return shift, record
+
+
+def model_maps(model, method: str, layer: Optional[str] = None):
+    """``maps_of`` for ``mirror_offsets``: one-pass maps of a model at its served layer and power, unshifted."""
+    cfg = model.config
+    layer = layer or cfg.cam_layer
+
+    def maps_of(xb: torch.Tensor, classes=None):
+        run = OnePass(model, layer)
+        logits = run(xb)
+        cls = logits.argmax(1).cpu().numpy() if classes is None else np.asarray(classes)
+        maps = upsample(run.cams(cls, method), cfg.img_size)
+        return cls, maps ** cfg.cam_power if cfg.cam_power != 1.0 else maps
+    return maps_of
+
+
+def fit(model, images: torch.Tensor, methods: Sequence[str] = FAST_METHODS) -> dict[str, dict]:
+    """Fit ``config.cam_shift`` for the served layer and each one-pass method on N x S x S uint8 prepared training
+    slices; store it, and what it rests on in ``config.metrics["cam_offset"]``; return the latter."""
+    cfg = model.config
+    model.eval().requires_grad_(False)
+    device = next(model.parameters()).device
+    x = normalise(images.float().div(255).unsqueeze(1).to(device), cfg.mean, cfg.std)
+    cell = float(layer_stride(cfg.cam_layer, cfg.output_stride))
+    shifts, records = dict(cfg.cam_shift), {}
+    for method in methods:
+        classes, offsets = mirror_offsets(model_maps(model, method), x, max_lag=cfg.img_size // 2)
+        shift, record = summarise(classes, offsets, cfg.class_names, cell)
+        shifts[key(cfg.cam_layer, method)] = shift
+        records[key(cfg.cam_layer, method)] = record
+    cfg.cam_shift = shifts
+    cfg.metrics["cam_offset"] = {
+        "how": "horizontal offset of each class's map, half the shift that aligns it with its mirrored slice's "
+               "map mirrored back, median over the training slices called that class (brain_tumor.cam_offset)",
+        "slices": int(len(images)), "by_target": records}
+    return records
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from . import datasets, splits
+    from .hub import write_model_card
+    from .model import load_model, save_model
+
+    parser = argparse.ArgumentParser(prog="python -m brain_tumor.cam_offset", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", help="model folder written by train.py (with split.json)")
+    parser.add_argument("--data", action="append", default=[], metavar="SOURCE=DIR",
+                        help="where a source of split.json lies, if not where it was trained (repeatable)")
+    parser.add_argument("--max-slices", type=int, default=MAX_SLICES, help="training slices read (seeded sample)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    folder = Path(args.model)
+    try:
+        model = load_model(str(folder))
+        col, is_val = splits.read_split(str(folder), dict(d.split("=", 1) for d in args.data if "=" in d))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        print(f"error: cannot read {folder}'s model or split.json: {e}", file=sys.stderr)
+        return 2
+    train = np.flatnonzero(~is_val)
+    if not len(train):
+        print(f"error: {folder}/split.json lists no training slices that exist here", file=sys.stderr)
+        return 2
+    pick = np.sort(np.random.default_rng(0).choice(train, min(args.max_slices, len(train)), replace=False))
+    images, _, _, errors = datasets.load(col.take(list(pick)), model.config.img_size,
+                                         settings=model.config.preprocessing)
+    ok = np.array([e is None for e in errors])
+    records = fit(model, torch.from_numpy(images[ok]))
+    save_model(model, folder)
+    write_model_card(folder, model.config)
+    print(json.dumps({"cam_shift": model.config.cam_shift, "by_target": records}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The heat map's sideways offset: measured from mirror images without labels, stored, and undone when served."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brain_tumor import cam_offset
+from brain_tumor.explain import translate
+from brain_tumor.inference import Predictor
+from brain_tumor.model import ModelLoadError, create_model, load_model, save_model
+from brain_tumor.preprocess import prepare, to_tensor
+from conftest import CLASSES, briefly_trained_model, synthetic_slice
+
+
+def blobs(xs, size: int = 64, y: int = 30, sigma: float = 4.0) -> np.ndarray:
+    """One Gaussian blob per map, centred at column xs[i]."""
+    grid = np.arange(size, dtype=np.float32)
+    return np.stack([np.exp(-((grid[None, :] - x) ** 2 + (grid[:, None] - y) ** 2) / (2 * sigma ** 2)) for x in xs])
+
+
+@pytest.mark.parametrize("lag", [-13, -4, 0, 7, 20])
+def test_horizontal_lag_finds_a_planted_shift(lag):
+    a = np.stack([blobs([30 + k], y=20 + 5 * k)[0] + 0.5 * blobs([40 - 3 * k], y=40)[0] for k in range(3)])
+    b = np.zeros_like(a)  # b(x) = a(x + lag): a is b moved right by lag
+    if lag >= 0:
+        b[:, :, :64 - lag] = a[:, :, lag:]
+    else:
+        b[:, :, -lag:] = a[:, :, :64 + lag]
+    assert cam_offset.horizontal_lag(a, b, max_lag=32).tolist() == [lag] * 3
+
+
+def brightest_column(x: torch.Tensor) -> np.ndarray:
+    return x[:, 0].amax(1).argmax(1).numpy()
+
+
+@pytest.mark.parametrize("offset", [-9, 6])
+def test_a_detector_that_draws_beside_the_object_is_measured_from_mirror_images(offset):
+    """A 'network' that always puts its evidence ``offset`` px right of the bright spot, mirrored or not: the
+    mirror trick finds the offset with no label, and moving the map back by it puts it on the spot."""
+    def maps_of(xb, classes=None):
+        cls = np.zeros(len(xb), int) if classes is None else np.asarray(classes)
+        return cls, blobs(brightest_column(xb) + offset)
+
+    x = torch.zeros(6, 3, 64, 64)
+    spots = [20, 25, 30, 34, 40, 44]
+    for i, col in enumerate(spots):
+        x[i, :, 30, col] = 1.0
+    classes, offsets = cam_offset.mirror_offsets(maps_of, x, max_lag=32, batch_size=4)
+    assert classes.tolist() == [0] * 6
+    assert np.abs(offsets - offset).max() <= 0.5
+    shift, record = cam_offset.summarise(np.zeros(12, int), np.concatenate([offsets, offsets]), ["a", "b"], cell=16)
+    assert shift == {"a": pytest.approx(offset, abs=0.5), "b": 0.0}  # class b: no slices, no shift
+    assert "fewer than" in record["b"]["why"]
+    _, drawn = maps_of(x)
+    placed = translate(drawn, [-shift["a"]] * 6)
+    assert np.abs(placed.reshape(6, -1).argmax(1) % 64 - np.array(spots)).max() <= 1
+    assert np.abs(drawn.reshape(6, -1).argmax(1) % 64 - np.array(spots)).min() >= abs(offset) - 1
+
+
+def test_a_class_whose_slices_disagree_gets_no_shift():
+    offsets = np.array([-20.0, -15, -10, 0, 10, 15, 20, 25, 30, 35, 40, 45])
+    shift, record = cam_offset.summarise(np.zeros(12, int), offsets, ["glioma"], cell=16)
+    assert shift == {"glioma": 0.0} and "interquartile" in record["glioma"]["why"]
+    shift, _ = cam_offset.summarise(np.zeros(12, int), np.full(12, 7.0) + np.linspace(-2, 2, 12), ["glioma"], 16)
+    assert shift == {"glioma": pytest.approx(7.0)}
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = briefly_trained_model(128, output_stride=16)
+    m.config.cam_layer, m.config.cam_method = "layer4", "gradcam++"
+    return m
+
+
+def test_a_network_whose_last_stage_is_moved_one_cell_right_measures_it(model):
+    """The last stage's output rolled one cell (16 px) right: every slice's measured offset grows. (The maps of
+    this barely trained network are broad and the roll wraps them at the edge, so less than the whole cell is
+    seen: between half a cell and a cell.)"""
+    images = np.stack([prepare(synthetic_slice(300 + i, 144), 128)[0] for i in range(8)])
+    x = to_tensor(images)
+    _, plain = cam_offset.mirror_offsets(cam_offset.model_maps(model, "gradcam"), x, max_lag=64)
+    handle = model.net.layer4.register_forward_hook(lambda _m, _i, out: out.roll(1, dims=-1))
+    try:
+        _, moved = cam_offset.mirror_offsets(cam_offset.model_maps(model, "gradcam"), x, max_lag=64)
+    finally:
+        handle.remove()
+    assert (moved - plain > 0).all()
+    assert 8 <= np.median(moved - plain) <= 17
+
+
+def test_fit_stores_a_shift_per_method_that_survives_saving(model, tmp_path):
+    m = create_model(CLASSES, init="scratch", img_size=128, output_stride=16)
+    m.load_state_dict(model.state_dict())
+    m.config.cam_layer, m.config.cam_method, m.config.cam_power = "layer4", "gradcam++", 3.0
+    images = torch.from_numpy(np.stack([prepare(synthetic_slice(i, 144), 128)[0] for i in range(24)]))
+    records = cam_offset.fit(m, images)
+    assert set(records) == set(m.config.cam_shift) == {"layer4/gradcam", "layer4/gradcam++"}
+    for target, shift in m.config.cam_shift.items():
+        assert set(shift) == set(CLASSES)
+        for name, px in shift.items():
+            r = records[target][name]
+            assert px == r["applied"] and abs(px) <= 64
+            assert px == 0.0 or (r["slices"] >= cam_offset.MIN_SLICES and px == r["median"])
+    assert m.config.metrics["cam_offset"]["slices"] == 24
+    save_model(m, tmp_path)
+    assert load_model(str(tmp_path)).config.cam_shift == m.config.cam_shift
+
+
+def test_the_served_map_is_moved_back_by_its_class_shift(model):
+    grays = [synthetic_slice(400 + i, 144) for i in range(4)]
+    predictor = Predictor(model)
+    try:
+        model.config.cam_shift = {}
+        plain = predictor.predict(grays, heatmaps=True)
+        model.config.cam_shift = {"layer4/gradcam++": {c: 6.0 for c in CLASSES}}
+        moved = predictor.predict(grays, heatmaps=True)
+        other = predictor.predict(grays, heatmaps=True, method="gradcam")  # fitted for gradcam++ only
+        model.config.cam_shift = {}
+        other_plain = predictor.predict(grays, heatmaps=True, method="gradcam")
+    finally:
+        model.config.cam_shift = {}
+    for p, m in zip(plain, moved):
+        assert p.label == m.label and p.probabilities == m.probabilities
+        expect = translate(p.heatmap[None], [-6.0])[0]
+        assert np.allclose(m.heatmap, expect, atol=1e-5)
+        assert not np.allclose(m.heatmap, p.heatmap, atol=1e-3)
+    for o, p in zip(other, other_plain):
+        assert np.array_equal(o.heatmap, p.heatmap)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], {"layer4/gradcam": 3}, {"layer4/gradcam": {"glioma": "left"}},
+                                 {"layer4/gradcam": {"glioma": float("nan")}}])
+def test_a_malformed_cam_shift_is_refused_at_load(tiny_model_dir, tmp_path, bad):
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    cfg["cam_shift"] = bad
+    for f in tiny_model_dir.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="cam_shift"):
+        load_model(str(tmp_path))
