@@ -2,8 +2,8 @@
 
 For each candidate -- the pooled features the head reads (``pooled``), layer3's or layer2's channel means -- a
 Mahalanobis detector is fitted as brain_tumor.trust fits the shipped one (class means, shared shrunk covariance,
-each training slice and its skull-stripped view; threshold at the 99.5th percentile of the validation slices and
-their stripped views), and scored twice:
+each training slice and its skull-stripped view; threshold at trust.OOD_QUANTILE of the validation slices' and
+their stripped views' distances, and at each of ``--quantiles``), and scored twice:
 - fitted on every source: the share of validation MRIs flagged, by source/sequence, and of the non-MRI images
   (trust.non_mri_images) caught;
 - leave one source out: fitted without one source's slices (training and validation alike), the share of that
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,15 +56,18 @@ def features(model, images: torch.Tensor, transform=None, batch_size: int = 64) 
 
 
 def score(fit: list[torch.Tensor], labels: torch.Tensor, k: int, threshold_on: list[torch.Tensor],
-          scored: dict[str, torch.Tensor]) -> tuple[float, dict[str, np.ndarray]]:
-    """Fit on the ``fit`` views (each with ``labels``), threshold on ``threshold_on``; flags for each ``scored``."""
+          scored: dict[str, torch.Tensor], quantiles: Sequence[float] = (OOD_QUANTILE,)
+          ) -> dict[float, dict[str, np.ndarray]]:
+    """Fit on the ``fit`` views (each with ``labels``); for each quantile, threshold there on ``threshold_on`` and
+    give the flags of each ``scored``."""
     means, precision = fit_ood(torch.cat(fit), torch.cat([labels] * len(fit)), k)
 
     def distances(f: torch.Tensor) -> np.ndarray:
         return nearest_mahalanobis(f, means, precision).numpy()
 
-    threshold = float(np.quantile(np.concatenate([distances(f) for f in threshold_on]), OOD_QUANTILE))
-    return threshold, {name: distances(f) > threshold for name, f in scored.items()}
+    on = np.concatenate([distances(f) for f in threshold_on])
+    d = {name: distances(f) for name, f in scored.items()}
+    return {q: {name: v > float(np.quantile(on, q)) for name, v in d.items()} for q in quantiles}
 
 
 def main(argv=None) -> int:
@@ -71,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="model", help="a model folder with its split.json")
     ap.add_argument("--per-source", type=int, default=1300, help="training slices drawn from each source")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quantiles", default="0.995,0.998,0.999",
+                    help="thresholds to compare, as quantiles of the validation MRIs' distances (the served one is "
+                         "always among them; the top-level figures are its)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -95,25 +102,31 @@ def main(argv=None) -> int:
                                        for _, g in negatives]))
     neg, blank = features(model, neg_x), np.array([looks_blank(g) for _, g in negatives])
     k = len(classes)
+    quantiles = sorted({OOD_QUANTILE, *(float(q) for q in args.quantiles.split(","))})
     results: dict[str, dict] = {}
     for c in CANDIDATES:
-        _, flags = score([tr[c], tr_s[c]], labels[train], k, [va[c], va_s[c]],
-                         {"val": va[c], "stripped": va_s[c], "neg": neg[c]})
-        row = {"validation_flagged": float(flags["val"].mean()), "stripped_flagged": float(flags["stripped"].mean()),
-               "non_mri_caught": float((flags["neg"] | blank).mean()),
-               "by_group": {g: float(flags["val"][groups[val] == g].mean()) for g in sorted(set(groups[val]))},
-               "leave_one_source_out": {}}
+        flags = score([tr[c], tr_s[c]], labels[train], k, [va[c], va_s[c]],
+                      {"val": va[c], "stripped": va_s[c], "neg": neg[c]}, quantiles)
+        rows = {q: {"validation_flagged": float(f["val"].mean()), "stripped_flagged": float(f["stripped"].mean()),
+                    "non_mri_caught": float((f["neg"] | blank).mean()),
+                    "by_group": {g: float(f["val"][groups[val] == g].mean()) for g in sorted(set(groups[val]))},
+                    "leave_one_source_out": {}} for q, f in flags.items()}
         for s in sorted(set(source)):
             keep_t, keep_v = source[train] != s, source[val] != s
-            _, held = score([tr[c][keep_t], tr_s[c][keep_t]], labels[train][keep_t], k,
-                            [va[c][keep_v], va_s[c][keep_v]],
-                            {"held": torch.cat([tr[c][~keep_t], va[c][~keep_v]]), "neg": neg[c]})
-            row["leave_one_source_out"][s] = {"flagged": float(held["held"].mean()),
-                                              "non_mri_caught": float((held["neg"] | blank).mean())}
-        results[c] = row
-        held = "  ".join(f"{s} {v['flagged']:.3f}" for s, v in row["leave_one_source_out"].items())
-        print(f"{c:<7} validation flagged {row['validation_flagged']:.4f}  stripped {row['stripped_flagged']:.4f}  "
-              f"non-MRI caught {row['non_mri_caught']:.3f} | a source left out, its slices flagged: {held}", flush=True)
+            held = score([tr[c][keep_t], tr_s[c][keep_t]], labels[train][keep_t], k,
+                         [va[c][keep_v], va_s[c][keep_v]],
+                         {"held": torch.cat([tr[c][~keep_t], va[c][~keep_v]]), "neg": neg[c]}, quantiles)
+            for q, f in held.items():
+                rows[q]["leave_one_source_out"][s] = {"flagged": float(f["held"].mean()),
+                                                      "non_mri_caught": float((f["neg"] | blank).mean())}
+        results[c] = {**rows[OOD_QUANTILE], "quantile": OOD_QUANTILE,
+                      "by_quantile": {f"{q:g}": r for q, r in rows.items()}}
+        for q, row in rows.items():
+            held = "  ".join(f"{s} {v['flagged']:.3f}" for s, v in row["leave_one_source_out"].items())
+            worst = max(row["by_group"].items(), key=lambda kv: kv[1])
+            print(f"{c:<7} at {q:g}: validation flagged {row['validation_flagged']:.4f} (most: {worst[0]} "
+                  f"{worst[1]:.3f})  stripped {row['stripped_flagged']:.4f}  non-MRI caught {row['non_mri_caught']:.3f}"
+                  f" | a source left out, its slices flagged: {held}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "training_slices": len(train),
                                                "validation_slices": len(val), "non_mri_images": len(negatives),
