@@ -1,4 +1,4 @@
-"""Where a class's heat map sits: the sideways offset a network's maps carry, fitted without labels.
+"""Where a class's heat map sits: the offset a network's maps carry, fitted without labels.
 
 A network trained with left-right flips gives a slice and its mirror image the same answer, but nothing makes
 its last stage put the evidence where the tumour is: a unit may fire some pixels to one side of what it
@@ -6,13 +6,20 @@ detects. Then every map of that class sits that far beside the tumour, always on
 pituitary maps sat 20 px of 192 to the right (more than a layer4 cell), so they missed all 20 pituitary boxes
 of the figshare sample although they were centred on the sella's level.
 
-The mirror image shows this offset without a label. The map of a mirrored slice, mirrored back, sits as far to
-the other side. So half the horizontal shift that best aligns the two maps is the offset. It is fitted on
-training slices, for each class on the slices the model calls that class (the maps a user is shown), for the
-served layer and each one-pass method. The map is then drawn moved back by it (``config.cam_shift``; applied
-in ``Predictor.predict``). A class whose slices disagree (interquartile range wider than one cell of the
-layer) gets no shift: its offset is not a property of the network. Only the horizontal offset is fitted: no
-symmetry of a brain slice shows a vertical one (an upside-down slice is not one the network was trained to read).
+Sideways, the mirror image shows this offset without a label. The map of a mirrored slice, mirrored back, sits
+as far to the other side. So half the horizontal shift that best aligns the two maps is the offset.
+
+Up and down no symmetry of a brain slice helps (an upside-down slice is not one the network learned to read).
+There the served map is registered onto a finer map of the same class from the same pass: Grad-CAM++ at layer3
+(``REFERENCE``), whose units see a quarter of the area and whose own sideways offsets are a few pixels at most.
+The vertical offset is the vertical part of the shift that best aligns the two. (Sideways, the same registration
+plus layer3's own mirror offset agreed with layer4's mirror offset within 1.5 px for release 5's tumour classes.)
+
+Both are fitted on training slices, for each class on the slices the model calls that class (the maps a user is
+shown), for the served layer and each one-pass method. The map is then drawn moved back by them
+(``config.cam_shift``: class -> [dx, dy]; applied in ``Predictor.predict``). Where a class's slices disagree on
+an axis (interquartile range wider than one cell of the layer), that axis gets no shift: the offset is not a
+property of the network there.
 
     python -m brain_tumor.cam_offset model/        # fit on the model's training split; writes config.json
 """
@@ -30,6 +37,7 @@ import torch
 from .explain import FAST_METHODS, OnePass, layer_stride, upsample
 from .preprocess import normalise
 
+REFERENCE = ("layer3", "gradcam++")  # the finer map the served one is registered onto, for the vertical offset
 MIN_SLICES = 10  # a class called on fewer training slices keeps no shift
 MAX_SLICES = 2000  # training slices read by the fit (a seeded sample of them)
 
@@ -51,44 +59,62 @@ def horizontal_lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
     return lags[np.argmax(corr[:, lags % size], axis=1)]
 
 
-def mirror_offsets(maps_of: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], x: torch.Tensor,
-                   max_lag: int, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Each slice's class and its map's horizontal offset, in input pixels (positive: right of the evidence).
-    ``maps_of(x, classes=None)`` gives (classes, N x S x S maps) of a normalised batch: the predicted classes
-    when ``classes`` is None, else those classes' maps."""
+def lag_2d(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
+    """For N pairs of H x W maps, the whole-pixel shift (dy, dx) (each within max_lag) with a(y, x) best matching
+    b(y - dy, x - dx): N x 2."""
+    n, h, w = a.shape
+    shape = (2 * h, 2 * w)
+    corr = np.fft.irfft2(np.fft.rfft2(a, shape) * np.conj(np.fft.rfft2(b, shape)), shape)
+    lags = np.arange(-max_lag, max_lag + 1)
+    sub = corr[:, (lags % shape[0])[:, None], (lags % shape[1])[None, :]].reshape(n, -1)
+    iy, ix = np.unravel_index(np.argmax(sub, axis=1), (len(lags), len(lags)))
+    return np.stack([lags[iy], lags[ix]], axis=1)
+
+
+def measure(maps_of: Callable, x: torch.Tensor, max_lag: int, reference_of: Optional[Callable] = None,
+            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Each slice's class and its map's offset (dx, dy) in input pixels (positive: right of / below the
+    evidence): dx from the mirror image, dy from the registration onto ``reference_of``'s map (0 without one).
+    ``maps_of(x, classes=None)`` (and ``reference_of``) give (classes, N x S x S maps) of a normalised batch: the
+    predicted classes when ``classes`` is None, else those classes' maps."""
     classes, offsets = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         cls, a = maps_of(xb, None)
         _, b = maps_of(xb.flip(-1), cls)
+        dx = horizontal_lag(a, b[:, :, ::-1], max_lag) / 2.0
+        dy = np.zeros_like(dx) if reference_of is None else lag_2d(a, reference_of(xb, cls)[1], max_lag)[:, 0]
         classes.append(np.asarray(cls))
-        offsets.append(horizontal_lag(a, b[:, :, ::-1], max_lag) / 2.0)
+        offsets.append(np.stack([dx, dy.astype(float)], axis=1))
     return np.concatenate(classes), np.concatenate(offsets)
 
 
 def summarise(classes: np.ndarray, offsets: np.ndarray, class_names: Sequence[str], cell: float
-              ) -> tuple[dict[str, float], dict[str, dict]]:
-    """Per class: the shift to apply (median offset, or 0 where the slices disagree by more than ``cell`` or
-    are fewer than MIN_SLICES) and what it rests on."""
+              ) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Per class, for each axis of the N x 2 (dx, dy) ``offsets``: the shift to apply (the median, or 0 where the
+    slices disagree by more than ``cell`` or are fewer than MIN_SLICES) and what it rests on."""
     shift, record = {}, {}
     for k, name in enumerate(class_names):
         o = offsets[classes == k]
+        record[name] = {"slices": int(len(o))}
         if len(o) < MIN_SLICES:
-            shift[name] = 0.0
-            record[name] = {"slices": int(len(o)), "applied": 0.0, "why": f"fewer than {MIN_SLICES} slices"}
+            shift[name] = [0.0, 0.0]
+            record[name].update(applied=[0.0, 0.0], why=f"fewer than {MIN_SLICES} slices")
             continue
-        q1, med, q3 = np.percentile(o, [25, 50, 75])
-        consistent = q3 - q1 <= cell
-        shift[name] = float(med) if consistent else 0.0
-        record[name] = {"slices": int(len(o)), "median": float(med), "iqr": [float(q1), float(q3)],
-                        "applied": shift[name]}
-        if not consistent:
-            record[name]["why"] = f"interquartile range {q3 - q1:.1f} px over one cell ({cell:g} px)"
+        shift[name] = []
+        for axis, label in enumerate("xy"):
+            q1, med, q3 = np.percentile(o[:, axis], [25, 50, 75])
+            consistent = q3 - q1 <= cell
+            shift[name].append(float(med) if consistent else 0.0)
+            record[name][label] = {"median": float(med), "iqr": [float(q1), float(q3)], "applied": shift[name][-1]}
+            if not consistent:
+                record[name][label]["why"] = f"interquartile range {q3 - q1:.1f} px over one cell ({cell:g} px)"
+        record[name]["applied"] = shift[name]
     return shift, record
 
 
 def model_maps(model, method: str, layer: Optional[str] = None):
-    """``maps_of`` for ``mirror_offsets``: one-pass maps of a model at its served layer and power, unshifted."""
+    """``maps_of`` for ``measure``: one-pass maps of a model at its served layer (or ``layer``) and power, unshifted."""
     cfg = model.config
     layer = layer or cfg.cam_layer
 
@@ -110,15 +136,17 @@ def fit(model, images: torch.Tensor, methods: Sequence[str] = FAST_METHODS) -> d
     x = normalise(images.float().div(255).unsqueeze(1).to(device), cfg.mean, cfg.std)
     cell = float(layer_stride(cfg.cam_layer, cfg.output_stride))
     shifts, records = dict(cfg.cam_shift), {}
+    reference = model_maps(model, REFERENCE[1], layer=REFERENCE[0])
     for method in methods:
-        classes, offsets = mirror_offsets(model_maps(model, method), x, max_lag=cfg.img_size // 2)
+        classes, offsets = measure(model_maps(model, method), x, cfg.img_size // 2, reference_of=reference)
         shift, record = summarise(classes, offsets, cfg.class_names, cell)
         shifts[key(cfg.cam_layer, method)] = shift
         records[key(cfg.cam_layer, method)] = record
     cfg.cam_shift = shifts
     cfg.metrics["cam_offset"] = {
-        "how": "horizontal offset of each class's map, half the shift that aligns it with its mirrored slice's "
-               "map mirrored back, median over the training slices called that class (brain_tumor.cam_offset)",
+        "how": "offset [dx, dy] of each class's map, median over the training slices called that class: dx half "
+               "the shift that aligns it with its mirrored slice's map mirrored back, dy the vertical shift that "
+               f"aligns it with the {REFERENCE[1]} map at {REFERENCE[0]} (brain_tumor.cam_offset)",
         "slices": int(len(images)), "by_target": records}
     return records
 

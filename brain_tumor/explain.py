@@ -299,17 +299,18 @@ def recentre(maps: np.ndarray, stride: float) -> np.ndarray:
     """Shift input-resolution maps drawn by a plain resize (pytorch-grad-cam's) back by (stride-1)/2 pixels
     so that they sit where ``upsample(..., centred=True)`` puts them."""
     shift = (stride - 1) / 2
-    return translate(maps, [-shift] * len(maps), -shift, border=cv2.BORDER_REPLICATE)
+    return translate(maps, [-shift] * len(maps), [-shift] * len(maps), border=cv2.BORDER_REPLICATE)
 
 
-def translate(maps: np.ndarray, dx: Sequence[float], dy: float = 0.0, border: int = cv2.BORDER_CONSTANT
-              ) -> np.ndarray:
-    """N x H x W maps, map i moved ``dx[i]`` pixels right and all ``dy`` down (bilinear; the uncovered edge
-    gets no heat unless ``border`` says otherwise)."""
-    return np.stack([m if not (x or dy) else
-                     cv2.warpAffine(m.astype(np.float32), np.float32([[1, 0, x], [0, 1, dy]]), (m.shape[1], m.shape[0]),
+def translate(maps: np.ndarray, dx: Sequence[float], dy: Optional[Sequence[float]] = None,
+              border: int = cv2.BORDER_CONSTANT) -> np.ndarray:
+    """N x H x W maps, map i moved ``dx[i]`` pixels right and ``dy[i]`` down (bilinear; the uncovered edge gets
+    no heat unless ``border`` says otherwise)."""
+    dy = [0.0] * len(maps) if dy is None else dy
+    return np.stack([m if not (x or y) else
+                     cv2.warpAffine(m.astype(np.float32), np.float32([[1, 0, x], [0, 1, y]]), (m.shape[1], m.shape[0]),
                                     flags=cv2.INTER_LINEAR, borderMode=border)
-                     for m, x in zip(maps, dx)]) if len(maps) else maps
+                     for m, x, y in zip(maps, dx, dy)]) if len(maps) else maps
 
 
 _JET_RGB = cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), cv2.COLORMAP_JET)[:, :, ::-1].copy()

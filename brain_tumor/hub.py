@@ -38,11 +38,11 @@ def _trust_section(config: ModelConfig) -> list[str]:
                                for root, r in (h.get("by_source") or {}).items())
                      + f". {h.get('why', '')}")
     shift = config.cam_shift.get(f"{config.cam_layer}/{config.cam_method}")
-    if shift and any(shift.values()):
-        lines.append("- Each class's map is drawn moved sideways by the offset this network's maps of that class carry, "
-                     "measured without labels from mirrored training slices (`brain_tumor.cam_offset`), undone; "
-                     "moved by (+: to the right) "
-                     + ", ".join(f"{config.display(c)} {-px:+g} px" for c, px in shift.items() if px)
+    if shift and any(any(xy) for xy in shift.values()):
+        lines.append("- Each class's map is drawn with the offset this network's maps of that class carry undone, "
+                     "measured without labels on training slices (sideways from mirrored slices, up and down against "
+                     "the finer layer3 map; `brain_tumor.cam_offset`): moved by (right, down) "
+                     + ", ".join(f"{config.display(c)} ({-xy[0]:+g}, {-xy[1]:+g}) px" for c, xy in shift.items() if any(xy))
                      + f" of the {config.img_size} px view.")
     c = m.get("calibration")
     if c:

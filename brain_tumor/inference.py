@@ -227,8 +227,9 @@ class Predictor:
         """Each map moved back by its class's fitted offset (config.cam_shift, for this layer and method; none
         where it was not fitted)."""
         shift = self.config.cam_shift.get(cam_offset.key(self.config.cam_layer, method), {})
-        dx = [-float(shift.get(self.classes[int(c)], 0.0)) for c in classes]
-        return translate(maps, dx) if any(dx) else maps
+        xy = [shift.get(self.classes[int(c)], (0.0, 0.0)) for c in classes]
+        dx, dy = [-float(v[0]) for v in xy], [-float(v[1]) for v in xy]
+        return translate(maps, dx, dy) if any(dx) or any(dy) else maps
 
     def _prediction(self, probs: np.ndarray, img: np.ndarray, crop: Crop, heat: Optional[np.ndarray],
                     method: Optional[str], heat_class: int) -> Prediction:

@@ -61,9 +61,9 @@ class ModelConfig:
     cam_layer: str = "layer4"  # heat-map target layer, or layers fused ("layer3:0.75+layer4"), chosen by scripts/heatmaps.py
     cam_method: str = "gradcam"  # default heat-map method, chosen the same way
     cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
-    # "layer/method" -> class -> pixels (of the img_size view) by which that class's maps sit right of the
-    # evidence; the map is drawn moved back by that much (fitted without labels: brain_tumor.cam_offset)
-    cam_shift: dict[str, dict[str, float]] = field(default_factory=dict)
+    # "layer/method" -> class -> [dx, dy], pixels (of the img_size view) by which that class's maps sit right of
+    # and below the evidence; the map is drawn moved back by that much (fitted without labels: brain_tumor.cam_offset)
+    cam_shift: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=lambda: {
         "decode": "8-bit grayscale (DICOM: modality LUT, VOI window, MONOCHROME1 inverted)",
         "crop": "square around the head mask (blurred, thresholded at crop_otsu_fraction of Otsu's level and at least "
@@ -103,6 +103,8 @@ class ModelConfig:
         known = {f for f in cls.__dataclass_fields__}
         _check_config(d)
         d = {"ood_features": "pooled", **d}  # a config from before the field: its detector read the pooled features
+        d["cam_shift"] = {k: {c: xy if isinstance(xy, list) else [xy, 0.0] for c, xy in v.items()}  # (dx alone: the
+                          for k, v in d.get("cam_shift", {}).items()}  # first form of the field, sideways only)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -133,11 +135,14 @@ def _check_config(d: Any) -> None:
     except ValueError as e:
         raise ModelLoadError(f"config.json: {e}") from None
     shift = d.get("cam_shift", {})
+    pixels = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and abs(v) <= size  # noqa: E731
     if not isinstance(shift, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) and all(
-                isinstance(c, str) and isinstance(px, (int, float)) and math.isfinite(px) for c, px in v.items())
+                isinstance(c, str) and (pixels(xy) or isinstance(xy, list) and len(xy) == 2 and all(map(pixels, xy)))
+                for c, xy in v.items())
             for k, v in shift.items()):
-        raise ModelLoadError(f"config.json cam_shift must map 'layer/method' to class -> pixels, got {str(shift)[:60]}")
+        raise ModelLoadError("config.json cam_shift must map 'layer/method' to class -> [dx, dy] pixels within the "
+                             f"input size, got {str(shift)[:60]}")
     shown = d.get("display_names", {})
     if not isinstance(shown, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in shown.items()):
         raise ModelLoadError(f"config.json display_names must map class names to words, got {str(shown)[:60]}")

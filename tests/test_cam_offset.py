@@ -1,4 +1,4 @@
-"""The heat map's sideways offset: measured from mirror images without labels, stored, and undone when served."""
+"""The heat map's offset: measured without labels (mirror images, a finer reference map), stored, undone when served."""
 from __future__ import annotations
 
 import json
@@ -32,40 +32,51 @@ def test_horizontal_lag_finds_a_planted_shift(lag):
     assert cam_offset.horizontal_lag(a, b, max_lag=32).tolist() == [lag] * 3
 
 
-def brightest_column(x: torch.Tensor) -> np.ndarray:
-    return x[:, 0].amax(1).argmax(1).numpy()
+def brightest_spot(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    img = x[:, 0]
+    return img.amax(1).argmax(1).numpy(), img.amax(2).argmax(1).numpy()  # columns, rows
 
 
-@pytest.mark.parametrize("offset", [-9, 6])
-def test_a_detector_that_draws_beside_the_object_is_measured_from_mirror_images(offset):
-    """A 'network' that always puts its evidence ``offset`` px right of the bright spot, mirrored or not: the
-    mirror trick finds the offset with no label, and moving the map back by it puts it on the spot."""
+@pytest.mark.parametrize("offset", [(-9, 5), (6, -7)])
+def test_a_detector_that_draws_beside_the_object_is_measured_without_labels(offset):
+    """A 'network' that always puts its evidence ``offset`` px right of and below the bright spot, mirrored or not,
+    and a finer reference map that sits on the spot: the mirror image gives dx, the reference dy, no label
+    needed, and moving the map back by them puts it on the spot."""
+    ox, oy = offset
+
     def maps_of(xb, classes=None):
+        cols, rows = brightest_spot(xb)
         cls = np.zeros(len(xb), int) if classes is None else np.asarray(classes)
-        return cls, blobs(brightest_column(xb) + offset)
+        return cls, np.stack([blobs([c + ox], y=r + oy)[0] for c, r in zip(cols, rows)])
+
+    def reference_of(xb, classes):
+        cols, rows = brightest_spot(xb)
+        return classes, np.stack([blobs([c], y=r, sigma=2.0)[0] for c, r in zip(cols, rows)])
 
     x = torch.zeros(6, 3, 64, 64)
-    spots = [20, 25, 30, 34, 40, 44]
-    for i, col in enumerate(spots):
-        x[i, :, 30, col] = 1.0
-    classes, offsets = cam_offset.mirror_offsets(maps_of, x, max_lag=32, batch_size=4)
+    spots = [(20, 30), (25, 22), (30, 40), (34, 28), (40, 33), (44, 26)]
+    for i, (col, row) in enumerate(spots):
+        x[i, :, row, col] = 1.0
+    classes, offsets = cam_offset.measure(maps_of, x, max_lag=32, reference_of=reference_of, batch_size=4)
     assert classes.tolist() == [0] * 6
-    assert np.abs(offsets - offset).max() <= 0.5
+    assert np.abs(offsets - np.array(offset)).max() <= 0.5
+    _, mirror_only = cam_offset.measure(maps_of, x, max_lag=32)
+    assert np.allclose(mirror_only[:, 0], offsets[:, 0]) and not mirror_only[:, 1].any()
     shift, record = cam_offset.summarise(np.zeros(12, int), np.concatenate([offsets, offsets]), ["a", "b"], cell=16)
-    assert shift == {"a": pytest.approx(offset, abs=0.5), "b": 0.0}  # class b: no slices, no shift
-    assert "fewer than" in record["b"]["why"]
+    assert shift["a"] == [pytest.approx(ox, abs=0.5), pytest.approx(oy, abs=0.5)]
+    assert shift["b"] == [0.0, 0.0] and "fewer than" in record["b"]["why"]  # class b: no slices, no shift
     _, drawn = maps_of(x)
-    placed = translate(drawn, [-shift["a"]] * 6)
-    assert np.abs(placed.reshape(6, -1).argmax(1) % 64 - np.array(spots)).max() <= 1
-    assert np.abs(drawn.reshape(6, -1).argmax(1) % 64 - np.array(spots)).min() >= abs(offset) - 1
+    placed = translate(drawn, [-shift["a"][0]] * 6, [-shift["a"][1]] * 6)
+    peaks = np.array([np.unravel_index(m.argmax(), m.shape)[::-1] for m in placed])
+    assert np.abs(peaks - np.array(spots)).max() <= 1
 
 
-def test_a_class_whose_slices_disagree_gets_no_shift():
-    offsets = np.array([-20.0, -15, -10, 0, 10, 15, 20, 25, 30, 35, 40, 45])
-    shift, record = cam_offset.summarise(np.zeros(12, int), offsets, ["glioma"], cell=16)
-    assert shift == {"glioma": 0.0} and "interquartile" in record["glioma"]["why"]
-    shift, _ = cam_offset.summarise(np.zeros(12, int), np.full(12, 7.0) + np.linspace(-2, 2, 12), ["glioma"], 16)
-    assert shift == {"glioma": pytest.approx(7.0)}
+def test_an_axis_on_which_a_class_disagrees_gets_no_shift():
+    spread = np.array([-20.0, -15, -10, 0, 10, 15, 20, 25, 30, 35, 40, 45])
+    steady = np.full(12, 7.0) + np.linspace(-2, 2, 12)
+    shift, record = cam_offset.summarise(np.zeros(12, int), np.stack([steady, spread], 1), ["glioma"], cell=16)
+    assert shift == {"glioma": [pytest.approx(7.0), 0.0]}
+    assert "interquartile" in record["glioma"]["y"]["why"] and "why" not in record["glioma"]["x"]
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +86,23 @@ def model():
     return m
 
 
-def test_a_network_whose_last_stage_is_moved_one_cell_right_measures_it(model):
-    """The last stage's output rolled one cell (16 px) right: every slice's measured offset grows. (The maps of
-    this barely trained network are broad and the roll wraps them at the edge, so less than the whole cell is
-    seen: between half a cell and a cell.)"""
+def test_a_network_whose_last_stage_is_moved_one_cell_right_and_down_measures_it(model):
+    """The last stage's output rolled one cell (16 px) right and down: the answers stay (the pooled features do
+    not move), and every slice's measured offset grows on both axes -- sideways from the mirror image, vertically
+    against layer3's map, which the roll leaves alone. (The maps of this barely trained network are broad and the
+    roll wraps them at the edge, so less than the whole cell is seen: between half a cell and a cell.)"""
     images = np.stack([prepare(synthetic_slice(300 + i, 144), 128)[0] for i in range(8)])
     x = to_tensor(images)
-    _, plain = cam_offset.mirror_offsets(cam_offset.model_maps(model, "gradcam"), x, max_lag=64)
-    handle = model.net.layer4.register_forward_hook(lambda _m, _i, out: out.roll(1, dims=-1))
+    maps, reference = cam_offset.model_maps(model, "gradcam"), cam_offset.model_maps(model, "gradcam++", "layer3")
+    _, plain = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)
+    handle = model.net.layer4.register_forward_hook(lambda _m, _i, out: out.roll((1, 1), dims=(-2, -1)))
     try:
-        _, moved = cam_offset.mirror_offsets(cam_offset.model_maps(model, "gradcam"), x, max_lag=64)
+        _, moved = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)
     finally:
         handle.remove()
-    assert (moved - plain > 0).all()
-    assert 8 <= np.median(moved - plain) <= 17
+    grew = moved - plain
+    assert (grew > 0).all()
+    assert (8 <= np.median(grew, axis=0)).all() and (np.median(grew, axis=0) <= 17).all()
 
 
 def test_fit_stores_a_shift_per_method_that_survives_saving(model, tmp_path):
@@ -100,10 +114,11 @@ def test_fit_stores_a_shift_per_method_that_survives_saving(model, tmp_path):
     assert set(records) == set(m.config.cam_shift) == {"layer4/gradcam", "layer4/gradcam++"}
     for target, shift in m.config.cam_shift.items():
         assert set(shift) == set(CLASSES)
-        for name, px in shift.items():
+        for name, xy in shift.items():
             r = records[target][name]
-            assert px == r["applied"] and abs(px) <= 64
-            assert px == 0.0 or (r["slices"] >= cam_offset.MIN_SLICES and px == r["median"])
+            assert xy == r["applied"] and len(xy) == 2 and max(map(abs, xy)) <= 64
+            for px, axis in zip(xy, "xy"):
+                assert px == 0.0 or (r["slices"] >= cam_offset.MIN_SLICES and px == r[axis]["median"])
     assert m.config.metrics["cam_offset"]["slices"] == 24
     save_model(m, tmp_path)
     assert load_model(str(tmp_path)).config.cam_shift == m.config.cam_shift
@@ -115,7 +130,7 @@ def test_the_served_map_is_moved_back_by_its_class_shift(model):
     try:
         model.config.cam_shift = {}
         plain = predictor.predict(grays, heatmaps=True)
-        model.config.cam_shift = {"layer4/gradcam++": {c: 6.0 for c in CLASSES}}
+        model.config.cam_shift = {"layer4/gradcam++": {c: [6.0, -4.0] for c in CLASSES}}
         moved = predictor.predict(grays, heatmaps=True)
         other = predictor.predict(grays, heatmaps=True, method="gradcam")  # fitted for gradcam++ only
         model.config.cam_shift = {}
@@ -124,20 +139,33 @@ def test_the_served_map_is_moved_back_by_its_class_shift(model):
         model.config.cam_shift = {}
     for p, m in zip(plain, moved):
         assert p.label == m.label and p.probabilities == m.probabilities
-        expect = translate(p.heatmap[None], [-6.0])[0]
+        expect = translate(p.heatmap[None], [-6.0], [4.0])[0]
         assert np.allclose(m.heatmap, expect, atol=1e-5)
         assert not np.allclose(m.heatmap, p.heatmap, atol=1e-3)
     for o, p in zip(other, other_plain):
         assert np.array_equal(o.heatmap, p.heatmap)
 
 
-@pytest.mark.parametrize("bad", [[1, 2], {"layer4/gradcam": 3}, {"layer4/gradcam": {"glioma": "left"}},
-                                 {"layer4/gradcam": {"glioma": float("nan")}}])
-def test_a_malformed_cam_shift_is_refused_at_load(tiny_model_dir, tmp_path, bad):
+def folder_with_cam_shift(tiny_model_dir, tmp_path, cam_shift):
+    """A copy of the tiny model folder whose config.json carries this cam_shift."""
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
-    cfg["cam_shift"] = bad
+    cfg["cam_shift"] = cam_shift
     for f in tiny_model_dir.iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
     (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return str(tmp_path)
+
+
+def test_a_sideways_only_cam_shift_loads_as_dx_with_no_dy(tiny_model_dir, tmp_path):
+    folder = folder_with_cam_shift(tiny_model_dir, tmp_path, {"layer4/gradcam": {"glioma": -8.0,
+                                                                                "pituitary": [20.0, 3.0]}})
+    assert load_model(folder).config.cam_shift == {"layer4/gradcam": {"glioma": [-8.0, 0.0], "pituitary": [20.0, 3.0]}}
+
+
+@pytest.mark.parametrize("bad", [[1, 2], {"layer4/gradcam": 3}, {"layer4/gradcam": {"glioma": "left"}},
+                                 {"layer4/gradcam": {"glioma": [1.0]}}, {"layer4/gradcam": {"glioma": 1e9}},
+                                 {"layer4/gradcam": {"glioma": [float("nan"), 0]}},
+                                 {"layer4/gradcam": {"glioma": [0, 1e9]}}])
+def test_a_malformed_cam_shift_is_refused_at_load(tiny_model_dir, tmp_path, bad):
     with pytest.raises(ModelLoadError, match="cam_shift"):
-        load_model(str(tmp_path))
+        load_model(folder_with_cam_shift(tiny_model_dir, tmp_path, bad))
