@@ -42,7 +42,7 @@ def _trust_section(config: ModelConfig) -> list[str]:
         lines.append("- Each class's map is drawn with the offset this network's maps of that class carry undone, "
                      "measured without labels on training slices (sideways from mirrored slices, up and down against "
                      "the finer layer3 map; `brain_tumor.cam_offset`): moved by (right, down) "
-                     + ", ".join(f"{config.display(c)} ({-xy[0]:+g}, {-xy[1]:+g}) px" for c, xy in shift.items() if any(xy))
+                     + ", ".join(f"{config.display(c)} ({0.0 - xy[0]:+g}, {0.0 - xy[1]:+g}) px" for c, xy in shift.items() if any(xy))
                      + f" of the {config.img_size} px view.")
     c = m.get("calibration")
     if c:
