@@ -602,7 +602,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
                                          f"layer4 CAM pointing game, each counted where it rests on >= {MIN_SUPPORT} "
                                          "images"}
     record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view, val_groups=sets["val_groups"])
-    log("fitting the heat maps' sideways offsets (mirrored training slices)")
+    log("fitting the heat maps' offsets (training slices: mirrored, and against layer3's map)")
     model.config.cam_shift = {}  # (an --init model's offsets belong to its own weights)
     pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:cam_offset.MAX_SLICES]
     cam_offset.fit(model, x_train[pick])
