@@ -133,12 +133,15 @@ def fit(model, images: torch.Tensor, methods: Sequence[str] = FAST_METHODS) -> d
     cfg = model.config
     model.eval().requires_grad_(False)
     device = next(model.parameters()).device
-    x = normalise(images.float().div(255).unsqueeze(1).to(device), cfg.mean, cfg.std)
     cell = float(layer_stride(cfg.cam_layer, cfg.output_stride))
     shifts, records = dict(cfg.cam_shift), {}
     reference = model_maps(model, REFERENCE[1], layer=REFERENCE[0])
     for method in methods:
-        classes, offsets = measure(model_maps(model, method), x, cfg.img_size // 2, reference_of=reference)
+        parts = [measure(model_maps(model, method), normalise(chunk.float().div(255).unsqueeze(1).to(device),
+                                                               cfg.mean, cfg.std), cfg.img_size // 2, reference)
+                 for chunk in images.split(256)]  # (normalised a chunk at a time: 2,000 slices would take 0.9 GB)
+        classes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, int)
+        offsets = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 2))
         shift, record = summarise(classes, offsets, cfg.class_names, cell)
         shifts[key(cfg.cam_layer, method)] = shift
         records[key(cfg.cam_layer, method)] = record

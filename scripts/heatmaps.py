@@ -11,7 +11,7 @@ other slices.
 mean over the roots, so that a large set of one tumour type cannot carry the choice alone (per-root figures in
 the row's ``by_source``).
 
-Maps are scored as served: each class's map with the sideways offset ``config.cam_shift`` holds for that layer and
+Maps are scored as served: each class's map with the offset ``config.cam_shift`` holds for that layer and
 method undone (none where it holds none: fit it first with ``python -m brain_tumor.cam_offset MODEL``).
 
 ``--apply`` writes the best row into the model folder's config.json (cam_layer, cam_method, cam_power,
