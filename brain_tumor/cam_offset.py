@@ -35,16 +35,12 @@ import numpy as np
 import torch
 
 from .explain import FAST_METHODS, OnePass, layer_stride, upsample
+from .model import cam_shift_key
 from .preprocess import normalise
 
 REFERENCE = ("layer3", "gradcam++")  # the finer map the served one is registered onto, for the vertical offset
 MIN_SLICES = 10  # a class called on fewer training slices keeps no shift
 MAX_SLICES = 2000  # training slices read by the fit (a seeded sample of them)
-
-
-def key(layer: str, method: str) -> str:
-    """config.cam_shift's key for maps of ``method`` at ``layer``."""
-    return f"{layer}/{method}"
 
 
 def horizontal_lag(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
@@ -72,21 +68,24 @@ def lag_2d(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
 
 
 def measure(maps_of: Callable, x: torch.Tensor, max_lag: int, reference_of: Optional[Callable] = None,
-            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Each slice's class and its map's offset (dx, dy) in input pixels (positive: right of / below the
-    evidence): dx from the mirror image, dy from the registration onto ``reference_of``'s map (0 without one).
-    ``maps_of(x, classes=None)`` (and ``reference_of``) give (classes, N x S x S maps) of a normalised batch: the
-    predicted classes when ``classes`` is None, else those classes' maps."""
-    classes, offsets = [], []
+            batch_size: int = 32) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Each slice's class and, for each of its maps, the map's offset (dx, dy) in input pixels (positive: right of
+    / below the evidence): dx from the mirror image, dy from the registration onto ``reference_of``'s map (0
+    without one). ``maps_of(x, classes=None)`` gives (classes, {name: N x S x S maps}) of a normalised batch: the
+    predicted classes when ``classes`` is None, else those classes' maps; ``reference_of`` the same, with one map,
+    computed once a batch for every name."""
+    classes, offsets = [], {}
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         cls, a = maps_of(xb, None)
         _, b = maps_of(xb.flip(-1), cls)
-        dx = horizontal_lag(a, b[:, :, ::-1], max_lag) / 2.0
-        dy = np.zeros_like(dx) if reference_of is None else lag_2d(a, reference_of(xb, cls)[1], max_lag)[:, 0]
+        ref = None if reference_of is None else next(iter(reference_of(xb, cls)[1].values()))
+        for name, m in a.items():
+            dx = horizontal_lag(m, b[name][:, :, ::-1], max_lag) / 2.0
+            dy = np.zeros_like(dx) if ref is None else lag_2d(m, ref, max_lag)[:, 0].astype(float)
+            offsets.setdefault(name, []).append(np.stack([dx, dy], axis=1))
         classes.append(np.asarray(cls))
-        offsets.append(np.stack([dx, dy.astype(float)], axis=1))
-    return np.concatenate(classes), np.concatenate(offsets)
+    return np.concatenate(classes), {name: np.concatenate(o) for name, o in offsets.items()}
 
 
 def summarise(classes: np.ndarray, offsets: np.ndarray, class_names: Sequence[str], cell: float
@@ -113,8 +112,9 @@ def summarise(classes: np.ndarray, offsets: np.ndarray, class_names: Sequence[st
     return shift, record
 
 
-def model_maps(model, method: str, layer: Optional[str] = None):
-    """``maps_of`` for ``measure``: one-pass maps of a model at its served layer (or ``layer``) and power, unshifted."""
+def model_maps(model, methods: Sequence[str], layer: Optional[str] = None):
+    """``maps_of`` for ``measure``: every method's map from one pass of a model at its served layer (or ``layer``),
+    at its power, unshifted."""
     cfg = model.config
     layer = layer or cfg.cam_layer
 
@@ -122,8 +122,8 @@ def model_maps(model, method: str, layer: Optional[str] = None):
         run = OnePass(model, layer)
         logits = run(xb)
         cls = logits.argmax(1).cpu().numpy() if classes is None else np.asarray(classes)
-        maps = upsample(run.cams(cls, method), cfg.img_size)
-        return cls, maps ** cfg.cam_power if cfg.cam_power != 1.0 else maps
+        maps = {m: upsample(run.cams(cls, m), cfg.img_size) for m in methods}
+        return cls, {m: v ** cfg.cam_power for m, v in maps.items()} if cfg.cam_power != 1.0 else maps
     return maps_of
 
 
@@ -135,16 +135,16 @@ def fit(model, images: torch.Tensor, methods: Sequence[str] = FAST_METHODS) -> d
     device = next(model.parameters()).device
     cell = float(layer_stride(cfg.cam_layer, cfg.output_stride))
     shifts, records = dict(cfg.cam_shift), {}
-    reference = model_maps(model, REFERENCE[1], layer=REFERENCE[0])
+    maps_of, reference = model_maps(model, methods), model_maps(model, [REFERENCE[1]], layer=REFERENCE[0])
+    parts = [measure(maps_of, normalise(chunk.float().div(255).unsqueeze(1).to(device), cfg.mean, cfg.std),
+                     cfg.img_size // 2, reference)
+             for chunk in images.split(256)]  # (normalised a chunk at a time: 2,000 slices would take 0.9 GB)
+    classes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, int)
     for method in methods:
-        parts = [measure(model_maps(model, method), normalise(chunk.float().div(255).unsqueeze(1).to(device),
-                                                               cfg.mean, cfg.std), cfg.img_size // 2, reference)
-                 for chunk in images.split(256)]  # (normalised a chunk at a time: 2,000 slices would take 0.9 GB)
-        classes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, int)
-        offsets = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 2))
+        offsets = np.concatenate([p[1][method] for p in parts]) if parts else np.zeros((0, 2))
         shift, record = summarise(classes, offsets, cfg.class_names, cell)
-        shifts[key(cfg.cam_layer, method)] = shift
-        records[key(cfg.cam_layer, method)] = record
+        shifts[cam_shift_key(cfg.cam_layer, method)] = shift
+        records[cam_shift_key(cfg.cam_layer, method)] = record
     cfg.cam_shift = shifts
     cfg.metrics["cam_offset"] = {
         "how": "offset [dx, dy] of each class's map, median over the training slices called that class: dx half "

@@ -37,7 +37,7 @@ def _trust_section(config: ModelConfig) -> list[str]:
                                f"{_fmt(r.get('heat_in_head'))} ({r.get('n_boxes')} slices)"
                                for root, r in (h.get("by_source") or {}).items())
                      + f". {h.get('why', '')}")
-    shift = config.cam_shift.get(f"{config.cam_layer}/{config.cam_method}")
+    shift = config.cam_shift_of(config.cam_method)
     if shift and any(any(xy) for xy in shift.values()):
         lines.append("- Each class's map is drawn with the offset this network's maps of that class carry undone, "
                      "measured without labels on training slices (sideways from mirrored slices, up and down against "

@@ -19,7 +19,6 @@ import torch
 from .config import native_bf16, use_bf16
 from .decode import ImageReadError, read_image
 from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
-from . import cam_offset
 from .explain import FAST_METHODS, OnePass, check_method, library_maps, translate, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
@@ -226,7 +225,7 @@ class Predictor:
     def _placed(self, maps: np.ndarray, classes: Sequence[int], method: str) -> np.ndarray:
         """Each map moved back by its class's fitted offset (config.cam_shift, for this layer and method; none
         where it was not fitted)."""
-        shift = self.config.cam_shift.get(cam_offset.key(self.config.cam_layer, method), {})
+        shift = self.config.cam_shift_of(method)
         xy = [shift.get(self.classes[int(c)], (0.0, 0.0)) for c in classes]
         dx, dy = [-float(v[0]) for v in xy], [-float(v[1]) for v in xy]
         return translate(maps, dx, dy) if any(dx) or any(dy) else maps

@@ -42,6 +42,11 @@ def nearest_mahalanobis(features: torch.Tensor, means: torch.Tensor, precision: 
     return torch.einsum("nkd,de,nke->nk", diff, precision, diff).min(1).values
 
 
+def cam_shift_key(layer: str, method: str) -> str:
+    """ModelConfig.cam_shift's key for maps of ``method`` at ``layer``."""
+    return f"{layer}/{method}"
+
+
 class ModelLoadError(ValueError):
     """A model source that cannot be loaded, with the reason and what to do."""
 
@@ -82,6 +87,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         self.display_names = {c: str((self.display_names or {}).get(c) or display_name(c)) for c in self.class_names}
+
+    def cam_shift_of(self, method: str) -> dict[str, list[float]]:
+        """Each class's [dx, dy] map offset for ``method`` at the served layer (empty where none was fitted)."""
+        return self.cam_shift.get(cam_shift_key(self.cam_layer, method), {})
 
     def display(self, name: str) -> str:
         """The words shown for class ``name`` ("no tumour" for ``notumor``)."""

@@ -47,26 +47,27 @@ def test_a_detector_that_draws_beside_the_object_is_measured_without_labels(offs
     def maps_of(xb, classes=None):
         cols, rows = brightest_spot(xb)
         cls = np.zeros(len(xb), int) if classes is None else np.asarray(classes)
-        return cls, np.stack([blobs([c + ox], y=r + oy)[0] for c, r in zip(cols, rows)])
+        return cls, {"a": np.stack([blobs([c + ox], y=r + oy)[0] for c, r in zip(cols, rows)])}
 
     def reference_of(xb, classes):
         cols, rows = brightest_spot(xb)
-        return classes, np.stack([blobs([c], y=r, sigma=2.0)[0] for c, r in zip(cols, rows)])
+        return classes, {"finer": np.stack([blobs([c], y=r, sigma=2.0)[0] for c, r in zip(cols, rows)])}
 
     x = torch.zeros(6, 3, 64, 64)
     spots = [(20, 30), (25, 22), (30, 40), (34, 28), (40, 33), (44, 26)]
     for i, (col, row) in enumerate(spots):
         x[i, :, row, col] = 1.0
-    classes, offsets = cam_offset.measure(maps_of, x, max_lag=32, reference_of=reference_of, batch_size=4)
+    classes, measured = cam_offset.measure(maps_of, x, max_lag=32, reference_of=reference_of, batch_size=4)
+    offsets = measured["a"]
     assert classes.tolist() == [0] * 6
     assert np.abs(offsets - np.array(offset)).max() <= 0.5
     _, mirror_only = cam_offset.measure(maps_of, x, max_lag=32)
-    assert np.allclose(mirror_only[:, 0], offsets[:, 0]) and not mirror_only[:, 1].any()
+    assert np.allclose(mirror_only["a"][:, 0], offsets[:, 0]) and not mirror_only["a"][:, 1].any()
     shift, record = cam_offset.summarise(np.zeros(12, int), np.concatenate([offsets, offsets]), ["a", "b"], cell=16)
     assert shift["a"] == [pytest.approx(ox, abs=0.5), pytest.approx(oy, abs=0.5)]
     assert shift["b"] == [0.0, 0.0] and "fewer than" in record["b"]["why"]  # class b: no slices, no shift
     _, drawn = maps_of(x)
-    placed = translate(drawn, [-shift["a"][0]] * 6, [-shift["a"][1]] * 6)
+    placed = translate(drawn["a"], [-shift["a"][0]] * 6, [-shift["a"][1]] * 6)
     peaks = np.array([np.unravel_index(m.argmax(), m.shape)[::-1] for m in placed])
     assert np.abs(peaks - np.array(spots)).max() <= 1
 
@@ -93,11 +94,11 @@ def test_a_network_whose_last_stage_is_moved_one_cell_right_and_down_measures_it
     roll wraps them at the edge, so less than the whole cell is seen: between half a cell and a cell.)"""
     images = np.stack([prepare(synthetic_slice(300 + i, 144), 128)[0] for i in range(8)])
     x = to_tensor(images)
-    maps, reference = cam_offset.model_maps(model, "gradcam"), cam_offset.model_maps(model, "gradcam++", "layer3")
-    _, plain = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)
+    maps, reference = cam_offset.model_maps(model, ["gradcam"]), cam_offset.model_maps(model, ["gradcam++"], "layer3")
+    plain = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)[1]["gradcam"]
     handle = model.net.layer4.register_forward_hook(lambda _m, _i, out: out.roll((1, 1), dims=(-2, -1)))
     try:
-        _, moved = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)
+        moved = cam_offset.measure(maps, x, max_lag=64, reference_of=reference)[1]["gradcam"]
     finally:
         handle.remove()
     grew = moved - plain

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from brain_tumor import Predictor, read_image
-from brain_tumor.model import BUNDLED_MODEL
+from brain_tumor.model import BUNDLED_MODEL, cam_shift_key
 from conftest import ROOT
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.jpg"))
@@ -26,7 +26,7 @@ def test_the_shipped_card_reports_every_validation_source():
     card = (BUNDLED_MODEL / "README.md").read_text()
     assert "license: cc-by-nc-sa-4.0" in card  # trained on the LGG set: non-commercial, share alike
     assert "model-index" in card and "lgg-segmentation/flair (grouped validation split)" in card
-    shift = config["cam_shift"][f"{config['cam_layer']}/{config['cam_method']}"]  # its maps' offsets, undone
+    shift = config["cam_shift"][cam_shift_key(config["cam_layer"], config["cam_method"])]  # its maps' offsets
     assert any(any(xy) for xy in shift.values()) and "moved by (right, down)" in card
     notes = config["training"]["notes"]  # how these weights came to be: kept in the config, so every refit keeps them
     assert notes and all(n in card for n in notes)
