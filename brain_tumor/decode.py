@@ -28,7 +28,17 @@ class ImageReadError(ValueError):
     """An input that cannot be used as a scan, with a reason a person can act on."""
 
 def _looks_like_dicom(head: bytes, suffix: str) -> bool:
-    return head[128:132] == b"DICM" or suffix in (".dcm", ".dicom")
+    """The DICM mark after the preamble, a DICOM name, or (a file written without preamble) a first tag of group
+    0002 or 0008 with a small element number: no image format starts so."""
+    return (head[128:132] == b"DICM" or suffix in (".dcm", ".dicom")
+            or (head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"))
+
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # the last two: parametric maps (ADC)
+
+
+def has_pixels(ds) -> bool:
+    return any(k in ds for k in PIXEL_KEYWORDS)
 
 
 def read_image(source: Union[PathLike, bytes], frame: Optional[int] = None,
@@ -176,7 +186,7 @@ def _read_dicom(data: bytes, frame: Optional[int]) -> np.ndarray:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as e:  # pydicom can raise almost anything on a damaged file
         raise ImageReadError(f"corrupt or truncated DICOM file ({type(e).__name__})") from None
-    if "PixelData" not in ds:
+    if not has_pixels(ds):
         raise ImageReadError("DICOM file has no image (no pixel data): it may be a report or other non-image object")
     check_decoder(ds)
     try:

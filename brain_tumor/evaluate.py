@@ -50,7 +50,11 @@ def read_labelled(data: Union[str, Sequence[str]], split: Optional[str] = None) 
 
     col, _ = read_roots([data] if isinstance(data, str) else list(data))
     if split is not None:
-        col = col.subset(previous_sides(col, Path(split)) == 1)
+        try:
+            sides = previous_sides(col, Path(split))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # unreadable, not JSON, not a split
+            raise ValueError(f"cannot read the split file {split}: {e.strerror if isinstance(e, OSError) else e}") from None
+        col = col.subset(sides == 1)
         if not len(col):
             raise ValueError(f"none of the images under {data} is in the validation list of {split}")
     classes = col.class_names
@@ -298,6 +302,12 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                         help="where the model runs (auto: a GPU when torch sees one)")
     parser.add_argument("--bf16", action="store_true", help=BF16_ANSWER_HELP)
     args = parser.parse_args(None if argv is None else list(argv))
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    for path, kind in ((args.json, "file"), (args.report, "folder")):  # before the scoring, not after it
+        blocked = path and _blocked(Path(path), kind)
+        if blocked:
+            parser.error(blocked)
     try:
         predictor = Predictor(args.model, bf16_answer=args.bf16, device=args.device)
         result = evaluate(predictor, args.data, heatmaps=not args.no_heatmaps, batch_size=args.batch_size,
@@ -310,14 +320,30 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     figures["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
     figures["answer_forward"] = "bf16 autocast" if predictor.bf16_answer else "fp32"
     print(format_figures(figures))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
-        print(f"wrote {args.json}")
-    if args.report:
-        for p in write_report(result, Path(args.report), predictor):
-            print(f"wrote {p}")
+    try:
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+            print(f"wrote {args.json}")
+        if args.report:
+            for p in write_report(result, Path(args.report), predictor):
+                print(f"wrote {p}")
+    except OSError as e:  # the figures above are printed: only the file is lost
+        print(f"error: could not write {e.filename or args.json or args.report}: {e.strerror or e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _blocked(path: Path, kind: str) -> Optional[str]:
+    """Why ``path`` (a file or a folder to write) cannot be written, when a file already stands in the way."""
+    if kind == "folder" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if kind == "file" and path.is_dir():
+        return f"{path} is a folder, not a file"
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a folder"
+    return None
 
 
 if __name__ == "__main__":

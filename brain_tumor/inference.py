@@ -10,6 +10,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -22,6 +23,7 @@ from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
 from .explain import FAST_METHODS, OnePass, check_method, library_maps, translate, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
+from .volume import is_volume
 from .verdict import NEEDS_REVIEW, NOT_MRI, Verdict, decide  # noqa: F401  (NEEDS_REVIEW, NOT_MRI: public names)
 
 BF16_ANSWER_HELP = ("answer from a bfloat16 forward pass where the CPU computes bf16 natively (about 1.8x faster over "
@@ -185,6 +187,13 @@ class Predictor:
         predicted class) by ``method``. Grad-CAM/Grad-CAM++ come from the prediction's own forward pass."""
         method = check_method(method or self.config.cam_method)
         target_index = self._class_index(target) if target is not None else None
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for i, g in enumerate(grays):
+            shape = np.shape(g)
+            if len(shape) != 2 or min(shape) < 1:
+                raise ValueError(f"slice {i}: expected an H x W grayscale array, got shape {shape} "
+                                 "(decode files with read_image)")
         # another class or method than the default (the app's menus, for the slice just shown): its pass is reused
         reuse = target_index is not None or method != check_method(self.config.cam_method)
         prepared = [self.prepare(g) for g in grays]
@@ -264,6 +273,10 @@ class Predictor:
         for start in range(0, len(paths), batch_size):
             grays, where = [], []
             for i in range(start, min(start + batch_size, len(paths))):
+                if is_volume(paths[i]):
+                    results[i] = ImageReadError(f"{Path(paths[i]).name} is a volume: read it with "
+                                                "brain_tumor.volume.read_volume and predict its slices")
+                    continue
                 try:
                     grays.append(read_image(paths[i]))
                     where.append(i)

@@ -137,6 +137,23 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not all(number(v) and v > 0 for v in d.get("std", [1.0])):
+        raise ModelLoadError(f"config.json std must be positive numbers, got {str(d['std'])[:40]}")
+    for key, low, high in (("abstain_below", 0.0, 1.0), ("ood_threshold", 0.0, math.inf), ("cam_power", 0.05, 20.0)):
+        value = d.get(key, low if key != "cam_power" else 1.0)
+        if not (number(value) and low <= value <= high):
+            raise ModelLoadError(f"config.json {key} must be a number from {low:g} to {high:g}, got {str(value)[:20]}")
+    from .explain import _STRIDES, check_method, parse_layers
+
+    try:
+        layers = parse_layers(d.get("cam_layer", "layer4"))
+        check_method(str(d.get("cam_method", "gradcam")))
+    except ValueError as e:
+        raise ModelLoadError(f"config.json: {e}") from None
+    if not all(name in _STRIDES for name, _ in layers):
+        raise ModelLoadError(f"config.json cam_layer must name ResNet layers ({', '.join(_STRIDES)}), "
+                             f"got {str(d['cam_layer'])[:40]}")
     from .preprocess import preprocessing_settings
 
     try:

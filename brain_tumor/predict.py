@@ -8,7 +8,8 @@
     python -m brain_tumor.predict x.png --model user/brain-tumor@v1 --device cuda
 
 A volume (NIfTI ``.nii``/``.nii.gz``, or a ``.zip`` of one DICOM series) yields one answer per axial slice,
-each with ``"slice": k`` (0-based, inferior to superior) beside its path.
+each with ``"slice": k`` (0-based, inferior to superior) beside its path; a multi-frame DICOM file one per frame,
+with ``"frame": k``. ``--slices best`` keeps only the most suspicious one.
 Exit status: 0 when every input was answered, 2 when any failed (each failure is reported in place).
 """
 from __future__ import annotations
@@ -22,13 +23,13 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .decode import ImageReadError, read_image
+from .decode import MAX_FILE_BYTES, ImageReadError, dicom_frame_count, read_bytes, read_image
 from .datasets import is_image_file
 from .explain import check_method
 from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
 from .model import ModelLoadError
 from .verdict import DISCLAIMER
-from .volume import is_volume, read_volume
+from .volume import MAX_SLICES, is_volume, read_volume
 
 
 def expand_inputs(items: Iterable[str]) -> list[tuple[str, Path, Path]]:
@@ -80,6 +81,16 @@ def _unused(target: Path, taken: set[Path]) -> Path:
     return candidate
 
 
+def _frames(path: Path) -> int:
+    """Frames of a DICOM file (1 for anything else, and for what cannot be read: read_image says why later)."""
+    if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"):
+        return 1
+    try:
+        return dicom_frame_count(path)
+    except ImageReadError:
+        return 1
+
+
 def _printable(text: str, stream=None) -> str:
     """Text the stream can show: undecodable file names (lone surrogates) and unencodable characters escaped."""
     encoding = getattr(stream or sys.stdout, "encoding", None) or "utf-8"
@@ -108,6 +119,8 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     args = parser.parse_args(None if argv is None else list(argv))
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads must be 0 (torch's default) or more")
     try:
         method = check_method(args.method) if args.method else None
         predictor = Predictor(args.model, threads=args.threads or None, bf16_answer=args.bf16, device=args.device)
@@ -122,7 +135,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     run = _Run(predictor, args, method)
     pending: list[tuple[str, Path, Path]] = []
     for item in inputs:
-        if is_volume(item[1]):
+        if is_volume(item[1]) or _frames(item[1]) > 1:
             run.slices(pending)
             pending = []
             run.volume(*item)
@@ -176,13 +189,22 @@ class _Run:
                     self.finish(shown, relative, gray, next(preds))
 
     def volume(self, shown: str, path: Path, relative: Path) -> None:
+        """A volume's axial slices, or a multi-frame DICOM file's frames, each answered (or the most suspicious)."""
+        key, notes = "slice", []
         try:
-            vol = read_volume(path)
+            if is_volume(path):
+                vol = read_volume(path)
+                slices, notes = list(vol.slices), vol.notes
+            else:
+                key, data = "frame", read_bytes(path, MAX_FILE_BYTES)[0]
+                n = dicom_frame_count(data)
+                if n > MAX_SLICES:
+                    raise ImageReadError(f"the DICOM file has {n:,} frames (limit {MAX_SLICES:,})")
+                slices = [read_image(data, frame=k) for k in range(n)]
         except ImageReadError as e:
             self.records.append({"path": shown, "error": str(e)})
             self.failed += 1
             return
-        slices = list(vol.slices)
         if self.best_only:
             preds = self.predictor.predict(slices, batch_size=self.batch_size)
             k = most_suspicious(preds)
@@ -192,12 +214,12 @@ class _Run:
             chosen = list(enumerate(self.predictor.predict(slices, heatmaps=self.maps, method=self.method,
                                                            batch_size=self.batch_size)))
         for k, pred in chosen:
-            extra = {"slices": len(slices)} | ({"notes": vol.notes} if vol.notes else {})
-            self.finish(shown, relative, slices[k], pred, slice_index=k, extra=extra)
+            extra = {f"{key}s": len(slices)} | ({"notes": notes} if notes else {})
+            self.finish(shown, relative, slices[k], pred, slice_index=k, extra=extra, key=key)
 
     def finish(self, shown: str, relative: Path, gray: np.ndarray, pred: Prediction,
-               slice_index: Optional[int] = None, extra: Optional[dict] = None) -> None:
-        record = {"path": shown} | ({"slice": slice_index} if slice_index is not None else {}) | pred.to_json()
+               slice_index: Optional[int] = None, extra: Optional[dict] = None, key: str = "slice") -> None:
+        record = {"path": shown} | ({key: slice_index} if slice_index is not None else {}) | pred.to_json()
         record |= extra or {}
         if self.heat_root is not None:
             target = _unused(output_path(self.heat_root, relative, ".npy", slice_index), self.taken)
@@ -207,9 +229,11 @@ class _Run:
 
             target = _unused(output_path(self.report_root, relative, ".pdf", slice_index), self.taken)
             view = self.predictor.view(gray, pred.crop)
+            axial = slice_index if key == "slice" else None  # the report's words: "axial slice k"
+            name = str(relative) if key == "slice" or slice_index is None else f"{relative} (frame {slice_index})"
             self._write(record, "report", target, lambda: write_report(
-                pred, view, target, file_name=str(relative), model=self.predictor.source,
-                version=self.predictor.config.version, slice_index=slice_index))
+                pred, view, target, file_name=name, model=self.predictor.source,
+                version=self.predictor.config.version, slice_index=axial))
         self.records.append(record)
 
     def _write(self, record: dict, key: str, target: Path, write) -> None:
@@ -218,22 +242,46 @@ class _Run:
             write()
             record[key] = str(target)
         except OSError as e:
-            record[f"{key}_error"] = f"could not write {target}: {e.strerror or e}"
+            record[f"{key}_error"] = f"could not write {target}: {_why(e, target)}"
             self.failed += 1
 
 
+def _why(e: OSError, target: Path) -> str:
+    """An OSError's reason, naming the file that stands where a folder is needed (mkdir says only 'File exists')."""
+    for parent in reversed(target.parents):
+        if parent.exists() and not parent.is_dir():
+            return f"{parent} is a file, not a folder"
+    return e.strerror or str(e)
+
+
 def format_table(records: list[dict], predictor: Predictor) -> str:
-    width = max([len(r["path"]) for r in records] + [4])
+    def where(r: dict) -> str:
+        shown = r["path"].replace("\n", "\\n")
+        for key in ("slice", "frame"):
+            if key in r and f"{key}s" in r:
+                return f"{shown} [{key} {r[key]} of {r[key + 's']}]"
+        return shown
+
+    width = max([len(where(r)) for r in records] + [4])
     width = min(width, 60)
     answer = min(max([len(r.get("verdict", "")) for r in records] + [6]), 64)
     lines = [f"model: {predictor.source}",
              f"{'path':<{width}}  {'answer':<{answer}}  {'conf':>5}  {'P(tumour)':>9}"]
+    notes: dict[str, list[str]] = {}
     for r in records:
-        path = r["path"] if len(r["path"]) <= width else "..." + r["path"][-(width - 3):]
+        shown = where(r)
+        path = shown if len(shown) <= width else "..." + shown[-(width - 3):]
         if "error" in r:
             lines.append(f"{path:<{width}}  error: {r['error']}")
             continue
         lines.append(f"{path:<{width}}  {r['verdict']:<{answer}}  {r['confidence']:>5.2f}  {r['tumor_probability']:>9.3f}")
+        for key in ("heatmap_error", "report_error"):
+            if key in r:
+                lines.append(f"{'':<{width}}  error: {r[key]}")
+        if r.get("notes"):
+            notes.setdefault(r["path"], r["notes"])
+    for path, said in notes.items():
+        lines.append(f"note: {path}: {'; '.join(said)}")
     lines.append(DISCLAIMER)
     return "\n".join(lines)
 

@@ -13,7 +13,9 @@ background), so slices compare, and z-scored research volumes, float or 16-bit, 
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import math
 import zipfile
 from dataclasses import dataclass, field
@@ -24,12 +26,15 @@ import cv2
 import numpy as np
 
 from .config import MAX_FILE_BYTES
-from .decode import ImageReadError, check_decoder, first_number, read_bytes, short_reason
+from .decode import MAX_SIDE, ImageReadError, check_decoder, first_number, has_pixels, read_bytes, short_reason
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zip")
 MAX_VOXELS = 48_000_000  # refuse volumes whose header claims more (memory: 4 bytes a voxel while windowing)
 MAX_SERIES_FILES = 2048  # DICOM files in one series, or members of one zip
 MAX_UNZIPPED_BYTES = 8 * MAX_FILE_BYTES  # a zip's members together, uncompressed (zip bombs)
+MAX_SLICES = 2048  # axial slices in one volume (each is answered: a 1 x 1 x 2,000,000 file is not a scan)
+MAX_PADDED = 4 * MAX_VOXELS  # slices x (longest side)^2: each slice is padded to a square before it is answered
+MAX_ASPECT = 8.0  # pixel spacing ratios beyond this are not a scan's: such a volume is shown as stored
 
 PathLike = Union[str, Path]
 
@@ -57,16 +62,32 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], max_bytes: int = MA
     """Read a NIfTI file, a zip of one DICOM series, or a list of DICOM files (one series) as axial slices.
 
     Raises ImageReadError with a plain reason for anything that is not such a volume."""
-    if not isinstance(source, (str, Path)):
-        files = [(Path(p).name, read_bytes(p, max_bytes)[0]) for p in source]
-        return read_dicom_series(files, name=f"{len(files)} DICOM files")
-    path = Path(source)
-    lower = path.name.lower()
-    if lower.endswith(".zip"):
-        return read_dicom_series(_unzip(path, max_bytes), name=path.name)
-    if lower.endswith((".nii", ".nii.gz")):
-        return read_nifti(path, max_bytes)
+    try:
+        if not isinstance(source, (str, Path)):
+            files = [(Path(p).name, read_bytes(p, max_bytes)[0]) for p in source]
+            return read_dicom_series(files, name=f"{len(files)} DICOM files")
+        path = Path(source)
+        lower = path.name.lower()
+        if lower.endswith(".zip"):
+            return read_dicom_series(_unzip(path, max_bytes), name=path.name)
+        if lower.endswith((".nii", ".nii.gz")):
+            return read_nifti(path, max_bytes)
+    except (ImageReadError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a malformed header or geometry that slipped past the checks: refused, never a crash
+        raise ImageReadError(f"not a readable volume ({short_reason(e)})") from None
     raise ImageReadError(f"not a volume file (expected .nii, .nii.gz or a .zip of a DICOM series): {path.name}")
+
+
+def _check_slices(k: int, h: int, w: int) -> None:
+    """Refuse axial slices that would cost far more than a scan's to answer (each is padded to a square): too many
+    slices, a side longer than a slice may have, or long thin slices."""
+    if k > MAX_SLICES:
+        raise ImageReadError(f"the volume has {k:,} slices (limit {MAX_SLICES:,}): not a scan")
+    if max(h, w) > MAX_SIDE:
+        raise ImageReadError(f"the volume's slices are {w} x {h} pixels (limit {MAX_SIDE} a side): not a scan")
+    if k * max(h, w) ** 2 > MAX_PADDED:
+        raise ImageReadError(f"{k:,} slices of {w} x {h} pixels: too long and thin to be a scan's")
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI
@@ -77,12 +98,13 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
     data, name = read_bytes(path, max_bytes)  # size and existence checked, as for slices
     raw = _gunzip(data) if data[:2] == b"\x1f\x8b" else data
     image, error = None, None
-    for kind in (nib.Nifti1Image, nib.Nifti2Image):
-        try:
-            image = kind.from_bytes(raw)
-            break
-        except Exception as e:  # nibabel raises many kinds on a file that is not its format
-            error = e
+    with _quiet("nibabel.global"):  # trying NIfTI-1 on a NIfTI-2 file logs its header's "errors" to stderr
+        for kind in (nib.Nifti1Image, nib.Nifti2Image):
+            try:
+                image = kind.from_bytes(raw)
+                break
+            except Exception as e:  # nibabel raises many kinds on a file that is not its format
+                error = e
     if image is None:
         raise ImageReadError(f"not a readable NIfTI file ({short_reason(error)})")
     shape = tuple(int(s) for s in image.shape)
@@ -107,6 +129,18 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
         affine = np.eye(4)
         notes.append("the file has no usable orientation: slices are shown as stored")
     return _from_ras(values, affine, name, notes)
+
+
+@contextlib.contextmanager
+def _quiet(name: str):
+    """Logger ``name`` silenced for the block."""
+    logger = logging.getLogger(name)
+    was = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = was
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -157,7 +191,8 @@ def _unzip(path: Path, max_bytes: int) -> list[tuple[str, bytes]]:
 
 
 def _hidden(name: str) -> bool:
-    return any(part.startswith(".") or part == "__MACOSX" for part in name.replace("\\", "/").split("/"))
+    return any((part.startswith(".") and part not in (".", "..")) or part == "__MACOSX"
+               for part in name.replace("\\", "/").split("/"))
 
 
 def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Volume:
@@ -170,7 +205,7 @@ def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Vol
     for fname, data in files:
         try:
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            ok = "PixelData" in ds and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1
+            ok = has_pixels(ds) and int(getattr(ds, "NumberOfFrames", 1) or 1) == 1
         except Exception:
             ok = False
         if not ok:
@@ -188,7 +223,10 @@ def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Vol
         notes.append(f"{len(series)} series found: the largest ({len(slices)} slices) is shown")
     if skipped:
         notes.append(f"{skipped} file(s) that are not single-frame DICOM images were skipped")
-    shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in slices}
+    try:
+        shapes = {(int(ds.Rows), int(ds.Columns)) for _, ds in slices}
+    except (AttributeError, TypeError, ValueError):
+        raise ImageReadError("a slice of the series has no valid size (Rows, Columns)") from None
     if len(shapes) > 1:
         raise ImageReadError(f"the series' slices differ in size ({sorted(shapes)[:3]}): not one volume")
     rows, cols = shapes.pop()
@@ -226,20 +264,23 @@ def read_dicom_series(files: Sequence[tuple[str, bytes]], name: str = "") -> Vol
         window = (center - width / 2, center + width / 2)
     invert = str(first.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1"
 
-    if geometry[0] is not None:
+    if all(g is not None for g in geometry):
         cosines, _, (row_mm, col_mm) = geometry[0]
         lps = np.eye(4)
         lps[:3, 0] = cosines[:3] * col_mm  # along a row: the column index grows
         lps[:3, 1] = cosines[3:] * row_mm
         if len(geometry) > 1:
-            lps[:3, 2] = (geometry[-1][1] - geometry[0][1]) / (len(geometry) - 1)
+            with np.errstate(all="ignore"):
+                lps[:3, 2] = (geometry[-1][1] - geometry[0][1]) / (len(geometry) - 1)
         else:
             lps[:3, 2] = np.cross(cosines[:3], cosines[3:]) * float(first_number(first.get("SliceThickness")) or 1.0)
         lps[:3, 3] = geometry[0][1]
-        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
-        if abs(np.linalg.det(affine[:3, :3])) < 1e-9:  # every slice at one position
+        with np.errstate(all="ignore"):
+            affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM's LPS to NIfTI's RAS
+            usable = np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) >= 1e-9
+        if not usable:  # every slice at one position, or positions beyond any scanner's
             affine = np.eye(4)
-            notes.append("the slices share one position: shown in instance order, as stored")
+            notes.append("the slices' positions are unusable (all one, or not finite): shown as stored")
     else:
         affine = None
     return _from_ras(values, affine, name, notes, window=window, invert=invert)
@@ -275,17 +316,29 @@ def _from_ras(values: np.ndarray, affine: Optional[np.ndarray], name: str, notes
         zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))[np.argsort(ornt[:, 0])]
     if affine is None:  # no geometry: each stored plane as it is
         slices = np.ascontiguousarray(values.transpose(2, 1, 0))
+    elif values.shape[0] == 1 < min(values.shape[1:]):  # one sagittal plane, not a stack of 1-pixel-wide slices:
+        slices = np.ascontiguousarray(values[0].T[None, ::-1, ::-1])  # superior up, anterior on the left
+        zooms = np.array([zooms[1], zooms[2], zooms[0]])  # (columns, rows, between) as below
+        notes.append("a single sagittal plane: shown as one slice")
+    elif values.shape[1] == 1 < min(values.shape[0], values.shape[2]):  # one coronal plane
+        slices = np.ascontiguousarray(values[:, 0].T[None, ::-1, ::-1])  # superior up, the patient's right on the left
+        zooms = np.array([zooms[0], zooms[2], zooms[1]])
+        notes.append("a single coronal plane: shown as one slice")
     else:  # values[x, y, z]: x grows toward the patient's right, y anterior, z superior. Radiological view:
         # rows from anterior (top) to posterior, columns from the patient's right (image left) to left
         slices = np.ascontiguousarray(values.transpose(2, 1, 0)[:, ::-1, ::-1])
+    _check_slices(*slices.shape)
     out = _window(slices, window)
     if invert:
         out = 255 - out
     col_mm, row_mm, slice_mm = (float(z) if z > 0 else 1.0 for z in zooms)
     if abs(row_mm / col_mm - 1) > 0.05:  # non-square pixels: shown at their physical aspect
         height = max(1, int(round(out.shape[1] * row_mm / col_mm)))
-        if height * out.shape[2] * len(out) <= MAX_VOXELS:
+        if 1 / MAX_ASPECT <= row_mm / col_mm <= MAX_ASPECT and height <= MAX_SIDE and \
+                height * out.shape[2] * len(out) <= MAX_VOXELS and len(out) * max(height, out.shape[2]) ** 2 <= MAX_PADDED:
             out = np.stack([cv2.resize(s, (out.shape[2], height), interpolation=cv2.INTER_LINEAR) for s in out])
+        else:
+            notes.append(f"implausible pixel spacing ({row_mm:g} x {col_mm:g} mm): shown as stored")
     return Volume(out, name=name, spacing=(slice_mm, row_mm, col_mm), notes=notes)
 
 
@@ -306,6 +359,8 @@ def _window(values: np.ndarray, window: Optional[tuple[float, float]] = None) ->
         lo, hi = (float(v) for v in np.percentile(fore, [0.5, 99.5]))
         if hi <= lo:
             lo, hi = float(fore.min()), float(fore.max())
+        if hi <= lo:  # one level besides the background (a mask, a label map): the full range, nothing blanked
+            lo, hi, background = float(sample.min()), float(sample.max()), None
     else:
         lo, hi = window
     out = np.zeros(values.shape, np.uint8)

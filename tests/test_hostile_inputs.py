@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from PIL import Image
 from brain_tumor import predict
 from brain_tumor.config import MAX_FILE_BYTES, MAX_PIXELS
 from brain_tumor.decode import ImageReadError, read_image
+from brain_tumor.inference import Predictor
 from conftest import ROOT, dicom_dataset, synthetic_slice
 
 SECRETS = ("Secretname", "Jane", "PID-7741-SECRET", "19010203")  # DICOM patient fields: never echoed
@@ -526,3 +528,66 @@ def test_cli_table_survives_undecodable_file_names(tmp_path, tiny_model_dir, cap
     assert predict.main([str(path), "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "scan-" in out
+
+
+def test_dicom_float_pixels_and_a_file_without_preamble_decode(tmp_path):
+    """Parametric maps (ADC) store Float Pixel Data; some writers leave out the 128-byte preamble and the name."""
+    import io
+
+    import pydicom
+
+    ramp = np.tile(np.linspace(0.0, 3e-3, 32, dtype=np.float32), (16, 1))  # ADC-like values, mm^2/s
+    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((16, 32), np.uint16))))
+    del ds.PixelData
+    ds.BitsAllocated, ds.FloatPixelData = 32, ramp.tobytes()
+    del ds.BitsStored, ds.HighBit, ds.PixelRepresentation
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    gray = read_image(buf.getvalue())
+    assert gray.shape == (16, 32) and gray[8, 0] < 10 and gray[8, -1] > 245  # the ramp, low to high
+    bare = dicom(slice_())[132:]  # without the preamble and DICM mark: the file meta group comes first
+    nameless = write(tmp_path, "IM0001", bare)  # a folder of a scanner's export: no suffix
+    assert (read_image(nameless) == read_image(dicom(slice_()))).all()
+
+
+def test_cli_answers_each_frame_of_a_multi_frame_file_and_names_it(tmp_path, tiny_model_dir, capsys):
+    frames = np.zeros((3, 32, 48), np.uint16)
+    for k in range(3):
+        frames[k, 10:20, 8 * k:8 * k + 6] = 1000
+    path = write(tmp_path, "multi.dcm", dicom(frames))
+    code, records, _ = run_cli(capsys, path, "--model", tiny_model_dir)
+    assert code == 0 and [(r["frame"], r["frames"]) for r in records] == [(0, 3), (1, 3), (2, 3)]
+    alone = [Predictor(tiny_model_dir).predict([read_image(path, frame=k)])[0] for k in range(3)]
+    assert [r["probabilities"] for r in records] == [pytest.approx(a.probabilities, abs=1e-5) for a in alone]
+    assert predict.main([str(path), "--model", str(tiny_model_dir), "--slices", "best"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"multi\.dcm \[frame [0-2] of 3\]", table) and table.count("multi.dcm") == 1
+
+
+def test_cli_table_shows_write_failures_volume_slices_and_notes(tmp_path, tiny_model_dir, capsys):
+    nib = pytest.importorskip("nibabel")
+    vol = np.zeros((40, 1, 30), np.float32)  # one coronal plane: a note says so
+    vol[5:35, 0, 5:25] = 100
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "plane.nii")
+    blocker = write(tmp_path, "reports", b"a file where the folder should be")
+    ok = write(tmp_path, "ok.png", png(slice_()))
+    code = predict.main([str(ok), str(tmp_path / "plane.nii"), "--model", str(tiny_model_dir), "--report", str(blocker)])
+    out = capsys.readouterr().out
+    assert code == 2  # the answers are given; the reports could not be written, and the table says so
+    assert out.count(f"error: could not write {blocker}") == 2 and f"{blocker} is a file, not a folder" in out
+    assert "plane.nii [slice 0 of 1]" in out and "note: " in out and "coronal plane" in out
+    with pytest.raises(SystemExit):
+        predict.main([str(ok), "--model", str(tiny_model_dir), "--threads", "-1"])
+    assert "--threads" in capsys.readouterr().err
+
+
+def test_python_api_refuses_empty_arrays_with_a_message(tiny_model_dir, tmp_path):
+    predictor = Predictor(tiny_model_dir)
+    volume = write(tmp_path, "series.zip", b"PK")
+    result = predictor.predict_files([volume, write(tmp_path, "ok.png", png(slice_()))])
+    assert isinstance(result[0], ImageReadError) and "is a volume" in str(result[0]) and result[1].label
+    for bad in (np.zeros((0, 0), np.uint8), np.zeros((4, 4, 4, 4), np.uint8)):
+        with pytest.raises(ValueError, match="H x W grayscale"):
+            predictor.predict([bad])
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict([slice_()], batch_size=0)

@@ -358,6 +358,24 @@ def test_evaluate_cli_on_a_tiny_set(class_folders, tiny_model_dir, tmp_path, cap
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_refuses_an_unwritable_output_before_scoring_and_names_a_bad_split(class_folders, tiny_model_dir,
+                                                                                     tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "afile"
+    blocker.write_text("a file where a folder should be")
+    scored = []
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: scored.append(1))
+    for flag, path in (("--json", blocker / "fig.json"), ("--report", blocker)):
+        with pytest.raises(SystemExit):
+            evaluate.main(["--data", str(class_folders), "--model", str(tiny_model_dir), flag, str(path)])
+        assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+    assert not scored  # refused before any image was read
+    monkeypatch.undo()
+    bad = tmp_path / "split.json"
+    bad.write_text("{not json")
+    assert evaluate.main(["--data", str(class_folders), "--model", str(tiny_model_dir), "--split", str(bad)]) == 2
+    assert f"cannot read the split file {bad}" in capsys.readouterr().err
+
+
 def test_bf16_answers_from_the_command_lines(class_folders, tiny_model_dir, tmp_path, capsys, monkeypatch):
     """--bf16 (on any CPU here: native bf16 is assumed) answers like fp32 and says which forward pass it used."""
     from brain_tumor import inference

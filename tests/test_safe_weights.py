@@ -132,7 +132,14 @@ def test_missing_config_is_named(model_copy):
                                      b'{"class_names": ["a", "b"], "architecture": "vit"}',
                                      b'{"class_names": ["a", "b"], "dropout": "high"}',
                                      b'{"class_names": ["a", "b", "c", "d"], "mean": "x"}',
-                                     b'{"class_names": ["a", "b", "c", "d"], "temperature": 0}'])
+                                     b'{"class_names": ["a", "b", "c", "d"], "temperature": 0}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "std": [0, 0, 0]}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "abstain_below": "high"}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "abstain_below": NaN}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "ood_threshold": "x"}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "cam_power": 0}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "cam_layer": "nope"}',
+                                     b'{"class_names": ["a", "b", "c", "d"], "cam_method": 7}'])
 def test_broken_config_is_a_clear_error(model_copy, content):
     (model_copy / CONFIG_NAME).write_bytes(content)
     with pytest.raises(ModelLoadError) as info:

@@ -194,3 +194,74 @@ def test_compressed_dicom_decodes_like_the_uncompressed_file(name):
     reference = read_image(get_testdata_file("MR_small.dcm"))
     got = read_image(get_testdata_file(name))
     assert got.shape == reference.shape and (got == reference).all()
+
+
+def test_series_with_partial_or_broken_headers_is_read_or_refused(tmp_path):
+    """A localizer without position among positioned slices, './' member names, a slice without Rows, absurd
+    positions: read in instance order or refused with a reason, never a traceback."""
+    import pydicom
+
+    d = phantom()
+    paths = write_series(tmp_path / "s", d[:, :, :6], shuffle=False)
+    partial = []
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        if i % 2:
+            del ds.ImagePositionPatient, ds.ImageOrientationPatient
+        partial.append((f"./{p.name}", _bytes(ds)))
+    vol = read_dicom_series(partial)
+    assert len(vol) == 6 and any("instance number" in n for n in vol.notes)
+    archive = tmp_path / "dotted.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name, data in partial:
+            z.writestr(name, data)
+    assert len(read_volume(archive)) == 6  # './' names are read, not taken for hidden files
+    no_rows = pydicom.dcmread(paths[0])
+    del no_rows.Rows
+    far = [pydicom.dcmread(p) for p in paths]
+    for k, ds in enumerate(far):
+        ds.ImagePositionPatient = [0.0, 0.0, (-1) ** k * 1e308]
+    with zipfile.ZipFile(tmp_path / "bad.zip", "w") as z:
+        for name, data in [(p.name, p.read_bytes()) for p in paths[1:]] + [("x.dcm", _bytes(no_rows))]:
+            z.writestr(name, data)
+    with pytest.raises(ImageReadError, match="no valid size"):
+        read_volume(tmp_path / "bad.zip")
+    vol = read_dicom_series([(f"{k}.dcm", _bytes(ds)) for k, ds in enumerate(far)])
+    assert len(vol) == 6 and any("unusable" in n for n in vol.notes)
+
+
+def _bytes(ds) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_volumes_that_would_cost_far_more_than_a_scan_are_refused_quickly(tmp_path):
+    """Tiny files that unpack to a 200,000-pixel side, two million 1 x 1 slices or a 2000:1 pixel spacing are
+    refused or shown as stored, in seconds and without gigabytes."""
+    nib = pytest.importorskip("nibabel")
+    nib.save(nib.Nifti2Image(np.ones((200_000, 2, 1), np.uint8), np.eye(4)), tmp_path / "line.nii")  # NIfTI-2: long dims
+    nib.save(nib.Nifti2Image(np.ones((1, 1, 200_000), np.uint8), np.eye(4)), tmp_path / "dots.nii")
+    for name, message in [("line.nii", "limit 8000 a side"), ("dots.nii", "slices \\(limit")]:
+        with pytest.raises(ImageReadError, match=message):
+            read_volume(tmp_path / name)
+    nib.save(nib.Nifti1Image(phantom()[:, :, :2], np.diag([1.0, 2000.0, 1.0, 1.0])), tmp_path / "aspect.nii")
+    vol = read_volume(tmp_path / "aspect.nii")
+    assert vol.slices.shape == (2, 50, 40) and any("implausible pixel spacing" in n for n in vol.notes)
+
+
+def test_single_planes_and_masks_are_shown_as_one_viewable_slice(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    d = phantom()
+    nib.save(nib.Nifti1Image(d[20:21].copy(), np.eye(4)), tmp_path / "sagittal.nii")
+    nib.save(nib.Nifti1Image(d[:, 25:26].copy(), np.eye(4)), tmp_path / "coronal.nii")
+    sag, cor = read_volume(tmp_path / "sagittal.nii"), read_volume(tmp_path / "coronal.nii")
+    assert sag.slices.shape == (1, 30, 50) and "sagittal" in sag.notes[0]  # superior-inferior x anterior-posterior
+    assert cor.slices.shape == (1, 30, 40) and "coronal" in cor.notes[0]
+    assert sag.slices[0, 0].mean() > sag.slices[0, -1].mean()  # superior (brighter in the phantom) at the top
+    mask = (d > 100).astype(np.uint8)  # half the voxels one level, half the other
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    m = read_volume(tmp_path / "mask.nii.gz")
+    assert set(np.unique(m.slices)) == {0, 255}
