@@ -135,6 +135,18 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     for row in choice.values():
         assert set(row["leave_one_source_out"]) == {"kaggle", "lgg"}
         assert all(0 <= v["flagged"] <= 1 for v in row["leave_one_source_out"].values())
+    from scripts import posthoc  # the same split's groups, answered as evaluate answers them
+    assert posthoc.main(["--model", str(out), "--lams", "0.01", "--json", str(tmp_path / "p.json")]) == 0
+    post = json.loads((tmp_path / "p.json").read_text())
+    from brain_tumor.evaluate import evaluate
+    from brain_tumor.inference import Predictor
+    served = evaluate(Predictor(str(out)), [str(kaggle), str(lgg)], heatmaps=False,
+                      split=str(out / "split.json"))["figures"]["groups"]
+    for name, row in served.items():
+        assert {k: post["served"]["groups"][name][k] for k in ("n", "accuracy", "tumor_sensitivity")} == \
+            pytest.approx({k: row[k] for k in ("n", "accuracy", "tumor_sensitivity")}, nan_ok=True)
+    assert sum(r["n"] for r in post["fit_training_side"]["groups"].values()) == post["training_slices"] == 40 - len(split["val"])
+    assert set(post["last_layer"]) == {"none lam=0.01", "group lam=0.01"}
     card = (out / "README.md").read_text()
     assert "license: other" in card  # synthetic roots are no known source: their terms are not ours to state
     assert "model-index" in card and "lgg/flair (grouped validation split)" in card
