@@ -115,10 +115,19 @@ def read_nifti(path: PathLike, max_bytes: int = MAX_FILE_BYTES) -> Volume:
         raise ImageReadError(f"NIfTI image has shape {shape}: not a volume")
     if math.prod(shape[:3]) > MAX_VOXELS:
         raise ImageReadError(f"volume too large: {shape[0]}x{shape[1]}x{shape[2]} voxels (limit {MAX_VOXELS:,})")
+    if len(image.shape) > 3 and min(image.shape[3:]) < 1:
+        raise ImageReadError(f"NIfTI image has shape {tuple(image.shape)}: no volume in it")
+    dtype = image.get_data_dtype()
+    if dtype.names:  # RGB24 / RGBA32 voxels
+        raise ImageReadError("NIfTI image with colour (RGB) voxels: not an MRI volume this model reads")
     try:
         proxy = image.dataobj
         values = np.asarray(proxy[(slice(None),) * 3 + (0,) * (len(image.shape) - 3)] if len(image.shape) > 3
-                            else proxy, dtype=np.float32)
+                            else proxy)
+        if np.iscomplexobj(values):  # complex MR data: its magnitude is the image
+            values = np.abs(values)
+            notes.append("complex voxels: their magnitude is shown")
+        values = values.astype(np.float32, copy=False)
     except Exception as e:
         raise ImageReadError(f"corrupt or truncated NIfTI data ({short_reason(e)})") from None
     if len(image.shape) > 3:

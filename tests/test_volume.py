@@ -265,3 +265,18 @@ def test_single_planes_and_masks_are_shown_as_one_viewable_slice(tmp_path):
     nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
     m = read_volume(tmp_path / "mask.nii.gz")
     assert set(np.unique(m.slices)) == {0, 255}
+
+
+def test_colour_empty_and_complex_nifti_get_a_plain_reason_or_their_magnitude(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    rgb = np.zeros((8, 8, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), tmp_path / "rgb.nii")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4, 0), np.float32), np.eye(4)), tmp_path / "empty.nii")
+    for name, message in [("rgb.nii", "colour \\(RGB\\) voxels"), ("empty.nii", "no volume in it")]:
+        with pytest.raises(ImageReadError, match=message):
+            read_volume(tmp_path / name)
+    d = phantom()
+    nib.save(nib.Nifti1Image((1j * d).astype(np.complex64), np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "c.nii")
+    nib.save(nib.Nifti1Image(d, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "real.nii")
+    c = read_volume(tmp_path / "c.nii")  # purely imaginary: the real part alone would be black
+    assert (c.slices == read_volume(tmp_path / "real.nii").slices).all() and "magnitude" in c.notes[0]
