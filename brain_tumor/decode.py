@@ -269,7 +269,8 @@ def dicom_to_gray(ds, arr: np.ndarray, frame: Optional[int] = None) -> np.ndarra
     if color:
         return cv2.cvtColor(_to_uint8(arr), cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else _to_uint8(arr)
     if arr.ndim != 2:
-        raise ImageReadError(f"unexpected DICOM pixel array shape {arr.shape}")
+        raise ImageReadError(f"DICOM pixel data does not match its header ({n_frames} frame(s) of "
+                             f"{getattr(ds, 'Rows', '?')} x {getattr(ds, 'Columns', '?')}): decoded as {arr.shape}")
     if "ModalityLUTSequence" in ds:
         values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
     else:  # rescale in float32, in place: a large slice never gets a float64 copy
