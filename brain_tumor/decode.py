@@ -54,7 +54,19 @@ def read_image(source: Union[PathLike, bytes], frame: Optional[int] = None,
     suffix = Path(name).suffix.lower()
     if _looks_like_dicom(data[:132], suffix):
         return _read_dicom(data, frame)
-    return _read_pillow(data, frame)
+    try:
+        return _read_pillow(data, frame)
+    except ImageReadError as e:
+        if suffix in OTHER_FORMATS and str(e) == NOT_SUPPORTED:  # a volume format we do not read: say which
+            raise ImageReadError(f"{OTHER_FORMATS[suffix]} files are not read: convert the volume to NIfTI "
+                                 "(.nii.gz), e.g. with nibabel") from None
+        raise
+
+
+NOT_SUPPORTED = "not a supported image or DICOM file"
+OTHER_FORMATS = {".mgz": "FreeSurfer MGH", ".mgh": "FreeSurfer MGH", ".hdr": "Analyze (.hdr/.img)",
+                 ".img": "Analyze (.hdr/.img)", ".mnc": "MINC", ".nrrd": "NRRD", ".nhdr": "NRRD", ".mha": "MetaImage",
+                 ".mhd": "MetaImage", ".par": "Philips PAR/REC", ".rec": "Philips PAR/REC"}  # volumes named, not guessed
 
 
 def read_bytes(source: Union[PathLike, bytes], max_bytes: int) -> tuple[bytes, str]:
@@ -129,7 +141,7 @@ def _read_pillow(data: bytes, frame: Optional[int]) -> np.ndarray:
     except UnidentifiedImageError:
         kind = _image_format(data[:16])
         raise ImageReadError(f"corrupt {kind} file: its header cannot be read" if kind
-                             else "not a supported image or DICOM file") from None
+                             else NOT_SUPPORTED) from None
     except Image.DecompressionBombError:  # Pillow's own check, at twice its MAX_IMAGE_PIXELS
         raise ImageReadError(f"image too large (limit {MAX_PIXELS // 1_000_000} megapixels); "
                              "possibly a decompression bomb") from None

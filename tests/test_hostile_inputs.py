@@ -591,3 +591,10 @@ def test_python_api_refuses_empty_arrays_with_a_message(tiny_model_dir, tmp_path
             predictor.predict([bad])
     with pytest.raises(ValueError, match="batch_size"):
         predictor.predict([slice_()], batch_size=0)
+
+
+def test_volume_formats_we_do_not_read_are_named(tmp_path):
+    for name, words in [("brain.mgz", "FreeSurfer MGH"), ("scan.hdr", "Analyze"), ("t1.mnc", "MINC")]:
+        with pytest.raises(ImageReadError, match=f"{words}.*convert the volume to NIfTI"):
+            read_image(write(tmp_path, name, os.urandom(400)))
+    assert read_image(write(tmp_path, "picture.img", png(slice_()))).shape == (64, 64)  # a real image is still read
