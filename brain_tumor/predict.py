@@ -48,9 +48,10 @@ def expand_inputs(items: Iterable[str]) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def output_path(root: Path, relative: Path, suffix: str, slice_index: Optional[int] = None) -> Path:
+def output_path(root: Path, relative: Path, suffix: str, slice_index: Optional[int] = None,
+                kind: str = "slice") -> Path:
     """Where an input's map or report goes: under root, never outside it (a hostile name such as ../x is
-    flattened); a volume's slice k gets ``_slice<k>`` in its name."""
+    flattened); a volume's slice k gets ``_slice<k>`` in its name (a multi-frame file's frame, ``_frame<k>``)."""
     parts = [part for part in relative.parts if part not in ("..", ".", "/", "")]
     if not parts:
         parts = ["input"]
@@ -62,7 +63,7 @@ def output_path(root: Path, relative: Path, suffix: str, slice_index: Optional[i
     else:
         name = Path(name).stem if Path(name).suffix else name
     if slice_index is not None:
-        name = f"{name}_slice{slice_index:03d}"
+        name = f"{name}_{kind}{slice_index:03d}"
     return root.joinpath(*parts[:-1], name + suffix)
 
 
@@ -222,12 +223,12 @@ class _Run:
         record = {"path": shown} | ({key: slice_index} if slice_index is not None else {}) | pred.to_json()
         record |= extra or {}
         if self.heat_root is not None:
-            target = _unused(output_path(self.heat_root, relative, ".npy", slice_index), self.taken)
+            target = _unused(output_path(self.heat_root, relative, ".npy", slice_index, key), self.taken)
             self._write(record, "heatmap", target, lambda: np.save(target, pred.heatmap_on_original().astype(np.float32)))
         if self.report_root is not None:
             from .report import write_report
 
-            target = _unused(output_path(self.report_root, relative, ".pdf", slice_index), self.taken)
+            target = _unused(output_path(self.report_root, relative, ".pdf", slice_index, key), self.taken)
             view = self.predictor.view(gray, pred.crop)
             axial = slice_index if key == "slice" else None  # the report's words: "axial slice k"
             name = str(relative) if key == "slice" or slice_index is None else f"{relative} (frame {slice_index})"

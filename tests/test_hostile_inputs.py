@@ -559,7 +559,9 @@ def test_cli_answers_each_frame_of_a_multi_frame_file_and_names_it(tmp_path, tin
     assert code == 0 and [(r["frame"], r["frames"]) for r in records] == [(0, 3), (1, 3), (2, 3)]
     alone = [Predictor(tiny_model_dir).predict([read_image(path, frame=k)])[0] for k in range(3)]
     assert [r["probabilities"] for r in records] == [pytest.approx(a.probabilities, abs=1e-5) for a in alone]
-    assert predict.main([str(path), "--model", str(tiny_model_dir), "--slices", "best"]) == 0
+    assert predict.main([str(path), "--model", str(tiny_model_dir), "--slices", "best", "--heatmaps",
+                         str(tmp_path / "maps")]) == 0
+    assert [p.name for p in (tmp_path / "maps").iterdir()][0].startswith("multi_frame")
     table = capsys.readouterr().out
     assert re.search(r"multi\.dcm \[frame [0-2] of 3\]", table) and table.count("multi.dcm") == 1
 
