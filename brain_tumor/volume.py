@@ -72,8 +72,10 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], max_bytes: int = MA
             return read_dicom_series(_unzip(path, max_bytes), name=path.name)
         if lower.endswith((".nii", ".nii.gz")):
             return read_nifti(path, max_bytes)
-    except (ImageReadError, MemoryError, KeyboardInterrupt):
+    except ImageReadError:
         raise
+    except MemoryError:
+        raise ImageReadError("not enough memory to read this volume") from None
     except Exception as e:  # a malformed header or geometry that slipped past the checks: refused, never a crash
         raise ImageReadError(f"not a readable volume ({short_reason(e)})") from None
     raise ImageReadError(f"not a volume file (expected .nii, .nii.gz or a .zip of a DICOM series): {path.name}")
