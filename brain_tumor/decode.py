@@ -253,13 +253,21 @@ def _frame_index(n_frames: int, frame: Optional[int]) -> int:
 
 
 def dicom_frame_count(source: Union[PathLike, bytes]) -> int:
-    """Number of frames in a DICOM file (1 for single-frame files and for ordinary images)."""
-    data, name = read_bytes(source, MAX_FILE_BYTES)
-    if not _looks_like_dicom(data[:132], Path(name).suffix.lower()):
+    """Number of frames in a DICOM file (1 for single-frame files and for ordinary images). A readable file is
+    read only up to its pixel data (the CLI asks this of every DICOM before decoding it)."""
+    path = None if isinstance(source, (bytes, bytearray)) else Path(source)
+    if path is not None and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        stream, suffix = path, path.suffix.lower()
+    else:  # bytes, or a path read_bytes refuses with its reason (missing, not a file, too large)
+        data, name = read_bytes(source, MAX_FILE_BYTES)
+        head, stream, suffix = data[:132], io.BytesIO(data), Path(name).suffix.lower()
+    if not _looks_like_dicom(head, suffix):
         return 1
     import pydicom
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        ds = pydicom.dcmread(stream, force=True, stop_before_pixels=True)
         return int(getattr(ds, "NumberOfFrames", 1) or 1)
     except Exception:
         return 1

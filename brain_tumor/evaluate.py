@@ -27,6 +27,7 @@ from .inference import BF16_ANSWER_HELP, Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, format_group_table,
                       group_reports, reliability, risk_coverage, roc_curve, tumor_probability, tumor_scores)
 from .model import ModelLoadError
+from .predict import file_in_the_way
 from .datasets import read_yolo_box  # noqa: F401  (public here too)
 from .metrics import box_mask, heat_share, pointing_hit  # noqa: F401  (public here too)
 
@@ -340,10 +341,8 @@ def _blocked(path: Path, kind: str) -> Optional[str]:
         return f"{path} is a file, not a folder"
     if kind == "file" and path.is_dir():
         return f"{path} is a folder, not a file"
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else f"{parent} is a file, not a folder"
-    return None
+    blocker = file_in_the_way(path)
+    return f"{blocker} is a file, not a folder" if blocker else None
 
 
 if __name__ == "__main__":

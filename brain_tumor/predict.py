@@ -23,7 +23,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .decode import MAX_FILE_BYTES, ImageReadError, dicom_frame_count, read_bytes, read_image
+from .config import IMAGE_SUFFIXES, MAX_FILE_BYTES
+from .decode import ImageReadError, dicom_frame_count, read_bytes, read_image
 from .datasets import is_image_file
 from .explain import check_method
 from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
@@ -84,7 +85,7 @@ def _unused(target: Path, taken: set[Path]) -> Path:
 
 def _frames(path: Path) -> int:
     """Frames of a DICOM file (1 for anything else, and for what cannot be read: read_image says why later)."""
-    if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"):
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         return 1
     try:
         return dicom_frame_count(path)
@@ -247,12 +248,18 @@ class _Run:
             self.failed += 1
 
 
+def file_in_the_way(path: Path) -> Optional[Path]:
+    """The file that stands where one of ``path``'s folders should be, if any (mkdir says only 'File exists')."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def _why(e: OSError, target: Path) -> str:
-    """An OSError's reason, naming the file that stands where a folder is needed (mkdir says only 'File exists')."""
-    for parent in reversed(target.parents):
-        if parent.exists() and not parent.is_dir():
-            return f"{parent} is a file, not a folder"
-    return e.strerror or str(e)
+    """An OSError's reason, naming the file that stands where a folder is needed."""
+    blocker = file_in_the_way(target)
+    return f"{blocker} is a file, not a folder" if blocker else e.strerror or str(e)
 
 
 def format_table(records: list[dict], predictor: Predictor) -> str:

@@ -81,15 +81,16 @@ def read_volume(source: Union[PathLike, Sequence[PathLike]], max_bytes: int = MA
     raise ImageReadError(f"not a volume file (expected .nii, .nii.gz or a .zip of a DICOM series): {path.name}")
 
 
-def _check_slices(k: int, h: int, w: int) -> None:
-    """Refuse axial slices that would cost far more than a scan's to answer (each is padded to a square): too many
-    slices, a side longer than a slice may have, or long thin slices."""
+def _too_costly(k: int, h: int, w: int) -> Optional[str]:
+    """Why k axial slices of h x w would cost far more than a scan's to answer (each is padded to a square): too
+    many slices, a side longer than a slice may have, or long thin slices; None when they would not."""
     if k > MAX_SLICES:
-        raise ImageReadError(f"the volume has {k:,} slices (limit {MAX_SLICES:,}): not a scan")
+        return f"the volume has {k:,} slices (limit {MAX_SLICES:,}): not a scan"
     if max(h, w) > MAX_SIDE:
-        raise ImageReadError(f"the volume's slices are {w} x {h} pixels (limit {MAX_SIDE} a side): not a scan")
+        return f"the volume's slices are {w} x {h} pixels (limit {MAX_SIDE} a side): not a scan"
     if k * max(h, w) ** 2 > MAX_PADDED:
-        raise ImageReadError(f"{k:,} slices of {w} x {h} pixels: too long and thin to be a scan's")
+        return f"{k:,} slices of {w} x {h} pixels: too long and thin to be a scan's"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ NIfTI
@@ -338,15 +339,17 @@ def _from_ras(values: np.ndarray, affine: Optional[np.ndarray], name: str, notes
     else:  # values[x, y, z]: x grows toward the patient's right, y anterior, z superior. Radiological view:
         # rows from anterior (top) to posterior, columns from the patient's right (image left) to left
         slices = np.ascontiguousarray(values.transpose(2, 1, 0)[:, ::-1, ::-1])
-    _check_slices(*slices.shape)
+    too_costly = _too_costly(*slices.shape)
+    if too_costly:
+        raise ImageReadError(too_costly)
     out = _window(slices, window)
     if invert:
         out = 255 - out
     col_mm, row_mm, slice_mm = (float(z) if z > 0 else 1.0 for z in zooms)
     if abs(row_mm / col_mm - 1) > 0.05:  # non-square pixels: shown at their physical aspect
         height = max(1, int(round(out.shape[1] * row_mm / col_mm)))
-        if 1 / MAX_ASPECT <= row_mm / col_mm <= MAX_ASPECT and height <= MAX_SIDE and \
-                height * out.shape[2] * len(out) <= MAX_VOXELS and len(out) * max(height, out.shape[2]) ** 2 <= MAX_PADDED:
+        if 1 / MAX_ASPECT <= row_mm / col_mm <= MAX_ASPECT and height * out.shape[2] * len(out) <= MAX_VOXELS \
+                and not _too_costly(len(out), height, out.shape[2]):
             out = np.stack([cv2.resize(s, (out.shape[2], height), interpolation=cv2.INTER_LINEAR) for s in out])
         else:
             notes.append(f"implausible pixel spacing ({row_mm:g} x {col_mm:g} mm): shown as stored")
