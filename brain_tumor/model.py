@@ -126,19 +126,19 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json class_names must be a list of two or more names, got {str(names)[:80]}")
     if not isinstance(size, int) or size < 8:
         raise ModelLoadError(f"config.json img_size must be a whole number of pixels, got {str(size)[:20]}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     for key in ("mean", "std"):
         value = d.get(key, [1.0, 1.0, 1.0])
-        if not isinstance(value, list) or len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+        if not isinstance(value, list) or len(value) != 3 or not all(map(number, value)):
             raise ModelLoadError(f"config.json {key} must be three numbers, got {str(value)[:40]}")
     if d.get("ood_features", "pooled") not in OOD_FEATURES:
         raise ModelLoadError(f"config.json ood_features must be one of {sorted(OOD_FEATURES)}, "
                              f"got {str(d['ood_features'])[:20]}")
     if d.get("output_stride", 32) not in (16, 32):
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
-    if not isinstance(d.get("temperature", 1.0), (int, float)) or d.get("temperature", 1.0) <= 0:
+    if not (number(d.get("temperature", 1.0)) and d.get("temperature", 1.0) > 0):
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    if not all(number(v) and v > 0 for v in d.get("std", [1.0])):
+    if not all(v > 0 for v in d.get("std", [1.0])):
         raise ModelLoadError(f"config.json std must be positive numbers, got {str(d['std'])[:40]}")
     for key, low, high in (("abstain_below", 0.0, 1.0), ("ood_threshold", 0.0, math.inf), ("cam_power", 0.05, 20.0)):
         value = d.get(key, low if key != "cam_power" else 1.0)
@@ -146,11 +146,11 @@ def _check_config(d: Any) -> None:
             raise ModelLoadError(f"config.json {key} must be a number from {low:g} to {high:g}, got {str(value)[:20]}")
     from .explain import check_method, parse_layers
 
-    try:
-        parse_layers(d.get("cam_layer", "layer4"))  # (that each names a module of the network: load_model)
-        check_method(str(d.get("cam_method", "gradcam")))
-    except ValueError as e:
-        raise ModelLoadError(f"config.json: {e}") from None
+    for key, check in (("cam_layer", parse_layers), ("cam_method", check_method)):  # (that each layer names a
+        try:  # module of the network: load_model)
+            check(str(d.get(key, {"cam_layer": "layer4", "cam_method": "gradcam"}[key])))
+        except ValueError as e:
+            raise ModelLoadError(f"config.json {key}: {e}") from None
     from .preprocess import preprocessing_settings
 
     try:
@@ -158,7 +158,7 @@ def _check_config(d: Any) -> None:
     except ValueError as e:
         raise ModelLoadError(f"config.json: {e}") from None
     shift = d.get("cam_shift", {})
-    pixels = lambda v: isinstance(v, (int, float)) and math.isfinite(v) and abs(v) <= size  # noqa: E731
+    pixels = lambda v: number(v) and abs(v) <= size  # noqa: E731
     if not isinstance(shift, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) and all(
                 isinstance(c, str) and (pixels(xy) or isinstance(xy, list) and len(xy) == 2 and all(map(pixels, xy)))

@@ -147,6 +147,19 @@ def test_broken_config_is_a_clear_error(model_copy, content):
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
+@pytest.mark.parametrize("key, value", [("temperature", float("nan")), ("temperature", True), ("temperature", -1),
+                                        ("mean", [0.5, float("nan"), 0.5]), ("std", [0.2, float("inf"), 0.2]),
+                                        ("abstain_below", float("nan")), ("cam_power", float("inf")),
+                                        ("ood_threshold", "x"), ("cam_method", 7)])
+def test_one_bad_field_in_a_sound_config_is_named(model_copy, key, value):
+    config = json.loads((model_copy / CONFIG_NAME).read_text())
+    config[key] = value  # everything else as saved, so only this field can be the reason
+    (model_copy / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(model_copy))
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "wrong_tensors"])
 def test_corrupt_safetensors_is_a_clear_error(model_copy, damage):
     weights = model_copy / WEIGHTS_NAME
