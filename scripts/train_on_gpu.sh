@@ -9,7 +9,7 @@
 #         ../shared/data/mri-44class-half --out .pack
 #     OUT=/tmp/out bash scripts/train_on_gpu.sh          # there; LIMIT=575 LR=1e-3 EMA=0.998 SEED=12 by default
 #
-# DEVICE=cpu SMOKE_IMAGES=200 SMOKE_SIZE=128 MIN_SIZE=128 BIG_EXTRA="--max-images 200" LIMIT=200 tries the whole
+# DEVICE=cpu SMOKE_IMAGES=200 SMOKE_SIZE=128 MIN_SIZE=128 BIG_EXTRA="--max-images 200" LIMIT=400 tries the whole
 # script on a CPU in a few minutes. It needs only torch, torchvision, Pillow, OpenCV, NumPy, tqdm, matplotlib, safetensors and huggingface_hub.
 # If the run is cut short, the best epoch's weights are left as two fp16 halves (best_0/1.safetensors): merge them
 # ({**load_file(a), **load_file(b)}), load_state_dict into create_model(classes, init="scratch", img_size=192,
