@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
-from brain_tumor.decode import dicom_frame_count, ImageReadError, read_image# noqa: E402
+from brain_tumor.decode import dicom_frame_count, ImageReadError, read_frames, read_image  # noqa: E402
 from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
 from brain_tumor.inference import Prediction, Predictor, most_suspicious  # noqa: E402
@@ -212,8 +212,7 @@ def _slices(state: dict):
     if state.get("volume") is not None:
         yield from state["volume"]
     elif state.get("data") is not None:
-        for k in range(state["frames"]):
-            yield read_image(state["data"], frame=k)
+        yield from read_frames(state["data"])
     else:
         yield state["gray"]
 
@@ -342,7 +341,10 @@ def build_demo(predictor: Predictor, predict_fn: Optional[Callable] = None) -> g
         most suspicious one (which the chained predict then explains)."""
         if not state or state.get("frames", 1) < 2:
             raise gr.Error("Scan all slices needs a volume or a multi-frame DICOM file.", print_exception=False)
-        slices, preds = list(_slices(state)), []
+        try:
+            slices, preds = list(_slices(state)), []
+        except ImageReadError as e:  # a frame that does not decode, or more frames than are answered together
+            raise gr.Error(html.escape(f"Could not scan this file: {e}"), print_exception=False) from None
         batch = 16
         for start in progress.tqdm(range(0, len(slices), batch), desc="scanning slices", unit="batch"):
             preds += predictor.predict(slices[start:start + batch], batch_size=batch)

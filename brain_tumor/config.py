@@ -44,6 +44,8 @@ PREPROCESSING: dict[str, float] = {
 
 MAX_FILE_BYTES = 50 * 1024 * 1024  # refuse uploads above this
 MAX_PIXELS = 64_000_000  # refuse images whose header claims more (decompression bombs)
+MAX_SLICES = 2048  # slices of one volume, or frames of one DICOM file, answered together (a 1 x 1 x 2,000,000
+# volume, or a 50 MB file of 5 x 5 frames, is not a scan)
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
-from .config import MAX_FILE_BYTES, MAX_PIXELS
+from .config import MAX_FILE_BYTES, MAX_PIXELS, MAX_SLICES
 
 PathLike = Union[str, os.PathLike]
 
@@ -191,8 +191,25 @@ def short_reason(e: Exception) -> str:
 
 
 def _read_dicom(data: bytes, frame: Optional[int]) -> np.ndarray:
+    ds, n_frames = _open_dicom(data)
+    return _dicom_frame(ds, n_frames, frame)
+
+
+def read_frames(source: Union[PathLike, bytes]) -> list[np.ndarray]:
+    """Every frame of a multi-frame DICOM file, in order, each as ``read_image(source, frame=k)`` gives it; the file
+    is parsed once, not once a frame. Another image is its one picture. More than MAX_SLICES frames are refused."""
+    data, name = read_bytes(source, MAX_FILE_BYTES)
+    if not _looks_like_dicom(data[:132], Path(name).suffix.lower()):
+        return [read_image(source)]  # (by its name too: read_image names the volume formats it does not read)
+    ds, n_frames = _open_dicom(data)
+    if n_frames > MAX_SLICES:
+        raise ImageReadError(f"the DICOM file has {n_frames:,} frames (limit {MAX_SLICES:,})")
+    return [_dicom_frame(ds, n_frames, k) for k in range(n_frames)]
+
+
+def _open_dicom(data: bytes):
+    """The parsed dataset and its frame count, refused (ImageReadError) if no installed decoder can show it."""
     import pydicom
-    from pydicom.pixels import pixel_array
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
@@ -206,6 +223,13 @@ def _read_dicom(data: bytes, frame: Optional[int]) -> np.ndarray:
     except Exception as e:
         raise ImageReadError(f"corrupt DICOM image header ({type(e).__name__})") from None
     _check_pixels(cols, rows)  # before decoding: a compressed frame is allocated whole
+    return ds, n_frames
+
+
+def _dicom_frame(ds, n_frames: int, frame: Optional[int]) -> np.ndarray:
+    """Frame ``frame`` (None: the middle one) of an opened dataset, decoded alone, as 8-bit grayscale."""
+    from pydicom.pixels import pixel_array
+
     index = _frame_index(n_frames, frame)
     try:
         arr = pixel_array(ds, index=index if n_frames > 1 else None)  # only the frame we show is decoded

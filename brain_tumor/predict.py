@@ -23,14 +23,14 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .config import IMAGE_SUFFIXES, MAX_FILE_BYTES
-from .decode import ImageReadError, dicom_frame_count, read_bytes, read_image
+from .config import IMAGE_SUFFIXES
+from .decode import ImageReadError, dicom_frame_count, read_frames, read_image
 from .datasets import is_image_file
 from .explain import check_method
 from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
 from .model import ModelLoadError
 from .verdict import DISCLAIMER
-from .volume import MAX_SLICES, is_volume, read_volume
+from .volume import is_volume, read_volume
 
 
 def expand_inputs(items: Iterable[str]) -> list[tuple[str, Path, Path]]:
@@ -198,11 +198,7 @@ class _Run:
                 vol = read_volume(path)
                 slices, notes = list(vol.slices), vol.notes
             else:
-                key, data = "frame", read_bytes(path, MAX_FILE_BYTES)[0]
-                n = dicom_frame_count(data)
-                if n > MAX_SLICES:
-                    raise ImageReadError(f"the DICOM file has {n:,} frames (limit {MAX_SLICES:,})")
-                slices = [read_image(data, frame=k) for k in range(n)]
+                key, slices = "frame", read_frames(path)
         except ImageReadError as e:
             self.records.append({"path": shown, "error": str(e)})
             self.failed += 1

@@ -25,14 +25,13 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
-from .config import MAX_FILE_BYTES
+from .config import MAX_FILE_BYTES, MAX_SLICES
 from .decode import MAX_SIDE, ImageReadError, check_decoder, first_number, has_pixels, read_bytes, short_reason
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".zip")
 MAX_VOXELS = 48_000_000  # refuse volumes whose header claims more (memory: 4 bytes a voxel while windowing)
 MAX_SERIES_FILES = 2048  # DICOM files in one series, or members of one zip
 MAX_UNZIPPED_BYTES = 8 * MAX_FILE_BYTES  # a zip's members together, uncompressed (zip bombs)
-MAX_SLICES = 2048  # axial slices in one volume (each is answered: a 1 x 1 x 2,000,000 file is not a scan)
 MAX_PADDED = 4 * MAX_VOXELS  # slices x (longest side)^2: each slice is padded to a square before it is answered
 MAX_ASPECT = 8.0  # pixel spacing ratios beyond this are not a scan's: such a volume is shown as stored
 

@@ -222,6 +222,21 @@ def test_a_session_re_picks_a_slice_after_its_upload_is_deleted(app, tmp_path):
     assert np.array_equal(gray, grays[2]) and state["frame"] == 2
     with pytest.raises(ImageReadError, match="no longer available"):
         app._decode(str(upload), 0, None)  # another session cannot read it
+    assert all(np.array_equal(a, b) for a, b in zip(app._slices(state), grays, strict=True))  # "scan all"
+
+
+def test_scan_all_refuses_more_frames_than_are_answered_together(app, monkeypatch):
+    import gradio as gr
+    from brain_tumor import decode
+
+    upload = Path(app.TEMP_DIR, "frames-test", "series.dcm")
+    upload.parent.mkdir()
+    write_dicom(upload, [read_image(p) for p in EXAMPLES[:3]])
+    _, state = app._decode(str(upload), 0, None)
+    monkeypatch.setattr(decode, "MAX_SLICES", 2)
+    fns = {d.fn.__name__: d.fn for d in app.build_demo(app.predictor).fns.values()}
+    with pytest.raises(gr.Error, match="3 frames"):
+        fns["scan_all"](state)
 
 
 @pytest.mark.parametrize("name,content,reason", [

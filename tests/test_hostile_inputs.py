@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brain_tumor import predict
+from brain_tumor import decode, predict
 from brain_tumor.config import MAX_FILE_BYTES, MAX_PIXELS
 from brain_tumor.decode import ImageReadError, read_image
 from brain_tumor.inference import Predictor
@@ -398,6 +398,18 @@ def test_dicom_multi_frame_picks_a_slice():
     assert read_image(data, frame=0)[15].argmax() == 0 and read_image(data, frame=4)[15].argmax() == 32
     with pytest.raises(ImageReadError, match="out of range"):
         read_image(data, frame=5)
+
+
+def test_every_frame_at_once_is_each_frame_alone_and_too_many_are_refused(monkeypatch):
+    frames = np.zeros((5, 32, 48), np.uint16)
+    for k in range(5):
+        frames[k, 10:20, 8 * k:8 * k + 6] = 1000 + 500 * k
+    data = dicom(frames)
+    every = decode.read_frames(data)  # the CLI's and the app's "all frames": the file parsed once
+    assert len(every) == 5 and all(np.array_equal(f, read_image(data, frame=k)) for k, f in enumerate(every))
+    monkeypatch.setattr(decode, "MAX_SLICES", 4)
+    with pytest.raises(ImageReadError, match="5 frames"):
+        decode.read_frames(data)
 
 
 @pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])
