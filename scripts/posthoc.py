@@ -90,7 +90,6 @@ def main(argv=None) -> int:
     ap.add_argument("--lams", default="0.01,0.001,0.0001", help="L2 pulls toward the shipped head to try")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(True)
     model = load_model(args.model).eval().requires_grad_(False)
     config = model.config
     col, is_val = splits.read_split(args.model)
