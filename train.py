@@ -80,6 +80,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--anchor-weight", type=float, default=d.anchor_weight,
                    help="also distil the --init model's own answers (frozen) on the slices --distill does not "
                         "score, with this weight, so that pulling one source back does not lose the others (0: off)")
+    p.add_argument("--select", choices=["all", "answers"], default=d.select,
+                   help="best epoch by the group score of the answers and the training-time layer4 CAM pointing game "
+                        "(all), or of the answers alone (answers; then check the served map with scripts.heatmaps)")
     p.add_argument("--loc-weight", type=float, default=d.loc_weight,
                    help="heat-map objective: weight of the class activation outside the tumour mask (masked slices)")
     p.add_argument("--head-weight", type=float, default=d.head_weight,

@@ -119,6 +119,8 @@ class TrainConfig:
     distill_temperature: float = 2.0  # softening of both answers in that term
     anchor_weight: float = 0.0  # the --init model, frozen, is distilled on the slices --distill does not score
     # (all of them without --distill): what it already got right elsewhere is kept while one source is pulled; 0: off
+    select: str = "all"  # what the best epoch is chosen by: "all" (answers and the training-time layer4 CAM pointing
+    # game) | "answers" (accuracy, sensitivity, specificity only; the served map is then checked on its own)
     loc_weight: float = 1.0  # weight of the heat-map objective: CAM mass outside the tumour mask (masked slices)
     head_weight: float = 0.1  # weight of CAM mass outside the head, on tumour slices without a mask
     device: str = "auto"  # auto (CUDA where available) | cpu | cuda; under torchrun each rank takes its local GPU
@@ -154,6 +156,7 @@ class TrainConfig:
             (self.epoch_size >= 0, "epoch_size must be >= 0"),
             (unit(self.strip_p) and unit(self.artefact_p), "strip_p and artefact_p must be in [0, 1]"),
             (0 <= self.ema < 1, "ema must be in [0, 1) (0: off)"),
+            (self.select in ("all", "answers"), f"select must be all or answers, got {self.select!r}"),
             (self.distill_weight >= 0, "distill_weight must be >= 0"),
             (self.distill_temperature > 0, "distill_temperature must be > 0"),
             (self.anchor_weight >= 0, "anchor_weight must be >= 0 (0: off)"),

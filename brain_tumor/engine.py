@@ -257,9 +257,9 @@ def cam_pointing(model: TumorClassifier, images: torch.Tensor, labels: torch.Ten
 
 
 def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
-             masks: Optional[torch.Tensor] = None, temperature: float = 1.0) -> dict[str, Any]:
+             masks: Optional[torch.Tensor] = None, temperature: float = 1.0, select: str = "all") -> dict[str, Any]:
     """Figures on the validation split: pooled, per group (with the layer4 CAM pointing game where masks exist),
-    and the selection score over groups."""
+    and the selection score over groups (without the pointing game when ``select`` is "answers")."""
     logits = predict_logits(model, x_val)
     pooled = evaluate_logits(logits, y_val, model, temperature)
     probs = torch.softmax(logits.float() / temperature, 1).numpy()
@@ -275,7 +275,7 @@ def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, g
                 by_group[name]["heat_in_mask"] = float(shares[g == name].mean())
                 by_group[name]["n_masked"] = int((g == name).sum())
     return {"loss": F.cross_entropy(logits, y_val).item(), "pooled": pooled, "groups": by_group,
-            "score": selection_score(by_group)}
+            "score": selection_score(by_group, pointing=select != "answers")}
 
 
 def make_optimizer(model: TumorClassifier, cfg: TrainConfig):
@@ -554,7 +554,8 @@ def train_epochs(progress: Progress, cfg: TrainConfig, model, net, optimizer, sc
             stop, val_loss = 0.0, float("nan")
             if world.main:  # validation once, on rank 0; the others wait for its decisions
                 judged = model if ema is None else ema.module
-                val = validate(judged, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"])
+                val = validate(judged, sets["x_val"], sets["y_val"], sets["val_groups"], sets["m_val"],
+                               select=cfg.select)
                 val_loss = val["loss"]
                 row = {"epoch": epoch, "train_loss": tr["loss"], "train_loc_loss": tr["loc_loss"],
                        "train_distill_loss": tr["distill_loss"],
@@ -598,9 +599,10 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
     model.config.metrics = {"split": "grouped validation (patients and near-duplicate groups never straddle "
                                      "train/validation)", "best_epoch": progress.best_epoch,
                             "selection": "0.5 x mean + 0.5 x worst, over source/sequence groups, of the mean of "
-                                         "accuracy, tumour sensitivity, specificity and (where masks exist) the "
-                                         f"layer4 CAM pointing game, each counted where it rests on >= {MIN_SUPPORT} "
-                                         "images"}
+                                         "accuracy, tumour sensitivity, specificity"
+                                         + (" and (where masks exist) the layer4 CAM pointing game"
+                                            if cfg.select != "answers" else "")
+                                         + f", each counted where it rests on >= {MIN_SUPPORT} images"}
     record_calibration(model, x_train, y_train, x_val, y_val, extra_view=strip_view, val_groups=sets["val_groups"])
     log("fitting the heat maps' offsets (training slices: mirrored, and against layer3's map)")
     model.config.cam_shift = {}  # (an --init model's offsets belong to its own weights)
@@ -608,7 +610,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
     cam_offset.fit(model, x_train[pick])
     temperature = model.config.temperature
     val = model.config.metrics["validation"]
-    final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature)
+    final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature, select=cfg.select)
     model.config.metrics["validation_groups"] = final["groups"]
     model.config.metrics["selection_score"] = final["score"]
     proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, temperature)

@@ -165,7 +165,7 @@ def group_reports(y_true: Sequence[int], probs: np.ndarray, groups: Sequence[str
     return out
 
 
-def group_score(row: dict[str, float]) -> float:
+def group_score(row: dict[str, float], pointing: bool = True) -> float:
     """One group's figure: the mean of its accuracy, tumour sensitivity, specificity and, where the group has
     tumour masks, its heat maps' pointing game -- those defined and resting on at least MIN_SUPPORT images (a
     specificity from one normal slice would swing the score). With the pointing game in it, an epoch whose
@@ -173,14 +173,15 @@ def group_score(row: dict[str, float]) -> float:
     support = {"accuracy": row.get("n", MIN_SUPPORT), "tumor_sensitivity": row.get("n_tumor", MIN_SUPPORT),
                "tumor_specificity": row.get("n_no_tumor", MIN_SUPPORT), "pointing_game": row.get("n_masked", 0)}
     vals = [row[k] for k in SCORED if row.get(k) == row.get(k) and row.get(k) is not None
-            and support[k] >= MIN_SUPPORT]
+            and support[k] >= MIN_SUPPORT and (pointing or k != "pointing_game")]
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def selection_score(reports: dict[str, dict[str, float]]) -> float:
+def selection_score(reports: dict[str, dict[str, float]], pointing: bool = True) -> float:
     """The model-selection score over groups: half the mean group score, half the worst one, so that no
-    single source (however large) can carry it."""
-    scores = [s for s in (group_score(r) for r in reports.values()) if s == s]
+    single source (however large) can carry it. ``pointing=False`` leaves the pointing game out (the answers
+    alone: train.py --select answers)."""
+    scores = [s for s in (group_score(r, pointing) for r in reports.values()) if s == s]
     return 0.5 * float(np.mean(scores)) + 0.5 * float(np.min(scores)) if scores else float("nan")
 
 

@@ -152,6 +152,23 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     assert "model-index" in card and "lgg/flair (grouped validation split)" in card
 
 
+def test_select_answers_chooses_the_epoch_by_the_answers_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "MIN_SUPPORT", 1)  # the tiny groups' figures count, the pointing game's too
+    kaggle = write_class_folders(tmp_path / "kaggle", per_class=4)
+    lgg = write_lgg_like(tmp_path / "lgg", patients=4)
+    out = tmp_path / "model"
+    assert train.main(["--data", str(kaggle), "--data", str(lgg), "--out", str(out), "--select", "answers", *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    groups = cfg["metrics"]["validation_groups"]
+    assert any("pointing_game" in row for row in groups.values())  # measured and reported, not scored
+    assert "pointing" not in cfg["metrics"]["selection"] and cfg["training"]["config"]["select"] == "answers"
+    assert cfg["metrics"]["selection_score"] == pytest.approx(metrics.selection_score(groups, pointing=False),
+                                                              nan_ok=True)
+    assert cfg["metrics"]["selection_score"] != pytest.approx(metrics.selection_score(groups))  # it made a difference
+    for h in cfg["training"]["history"]:
+        assert h["val_score"] == pytest.approx(metrics.selection_score(h["val_groups"], pointing=False), nan_ok=True)
+
+
 def test_sampling_weights_balance_sources():
     col = datasets.Collection(sources=["big"] * 900 + ["small"] * 100, sequences=[""] * 1000)
     pooled = datasets.sampling_weights(col, 1.0)
@@ -192,6 +209,10 @@ def test_group_report_on_a_made_up_set():
     assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3) / 2)
     r["a"]["n_masked"] = 10  # on ten, an epoch whose maps miss the tumour scores lower
     assert metrics.group_score(r["a"]) == pytest.approx((0.75 + 2 / 3 + 0.25) / 3)
+    assert metrics.group_score(r["a"], pointing=False) == pytest.approx((0.75 + 2 / 3) / 2)  # --select answers
+    b = metrics.group_score(r["b"])
+    assert metrics.selection_score(r, pointing=False) == pytest.approx(0.5 * ((0.75 + 2 / 3) / 2 + b) / 2
+                                                                       + 0.5 * min((0.75 + 2 / 3) / 2, b))
 
 
 @pytest.mark.slow
