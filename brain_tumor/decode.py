@@ -50,7 +50,11 @@ def read_image(source: Union[PathLike, bytes], frame: Optional[int] = None,
     ``frame`` picks a slice of a multi-frame file (default: the middle one).
     Raises ImageReadError with a plain reason for anything else.
     """
-    data, name = read_bytes(source, max_bytes)
+    return _decode(*read_bytes(source, max_bytes), frame)
+
+
+def _decode(data: bytes, name: str, frame: Optional[int] = None) -> np.ndarray:
+    """read_image on bytes already read (``name`` for its suffix)."""
     suffix = Path(name).suffix.lower()
     if _looks_like_dicom(data[:132], suffix):
         return _read_dicom(data, frame)
@@ -200,7 +204,7 @@ def read_frames(source: Union[PathLike, bytes]) -> list[np.ndarray]:
     is parsed once, not once a frame. Another image is its one picture. More than MAX_SLICES frames are refused."""
     data, name = read_bytes(source, MAX_FILE_BYTES)
     if not _looks_like_dicom(data[:132], Path(name).suffix.lower()):
-        return [read_image(source)]  # (by its name too: read_image names the volume formats it does not read)
+        return [_decode(data, name)]  # (its name too: read_image names the volume formats it does not read)
     ds, n_frames = _open_dicom(data)
     if n_frames > MAX_SLICES:
         raise ImageReadError(f"the DICOM file has {n_frames:,} frames (limit {MAX_SLICES:,})")

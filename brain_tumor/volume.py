@@ -347,11 +347,13 @@ def _from_ras(values: np.ndarray, affine: Optional[np.ndarray], name: str, notes
     col_mm, row_mm, slice_mm = (float(z) if z > 0 else 1.0 for z in zooms)
     if abs(row_mm / col_mm - 1) > 0.05:  # non-square pixels: shown at their physical aspect
         height = max(1, int(round(out.shape[1] * row_mm / col_mm)))
-        if 1 / MAX_ASPECT <= row_mm / col_mm <= MAX_ASPECT and height * out.shape[2] * len(out) <= MAX_VOXELS \
-                and not _too_costly(len(out), height, out.shape[2]):
-            out = np.stack([cv2.resize(s, (out.shape[2], height), interpolation=cv2.INTER_LINEAR) for s in out])
-        else:
+        if not 1 / MAX_ASPECT <= row_mm / col_mm <= MAX_ASPECT:
             notes.append(f"implausible pixel spacing ({row_mm:g} x {col_mm:g} mm): shown as stored")
+        elif height * out.shape[2] * len(out) > MAX_VOXELS or _too_costly(len(out), height, out.shape[2]):
+            notes.append(f"non-square pixels ({row_mm:g} x {col_mm:g} mm) shown as stored: stretching them to "
+                         f"their physical aspect would make the volume too large")
+        else:
+            out = np.stack([cv2.resize(s, (out.shape[2], height), interpolation=cv2.INTER_LINEAR) for s in out])
     return Volume(out, name=name, spacing=(slice_mm, row_mm, col_mm), notes=notes)
 
 

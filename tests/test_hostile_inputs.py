@@ -400,7 +400,7 @@ def test_dicom_multi_frame_picks_a_slice():
         read_image(data, frame=5)
 
 
-def test_every_frame_at_once_is_each_frame_alone_and_too_many_are_refused(monkeypatch):
+def test_every_frame_at_once_is_each_frame_alone_and_too_many_are_refused(monkeypatch, tmp_path):
     frames = np.zeros((5, 32, 48), np.uint16)
     for k in range(5):
         frames[k, 10:20, 8 * k:8 * k + 6] = 1000 + 500 * k
@@ -410,6 +410,11 @@ def test_every_frame_at_once_is_each_frame_alone_and_too_many_are_refused(monkey
     monkeypatch.setattr(decode, "MAX_SLICES", 4)
     with pytest.raises(ImageReadError, match="5 frames"):
         decode.read_frames(data)
+    png = cv2.imencode(".png", np.full((20, 30), 90, np.uint8))[1].tobytes()
+    assert [f.shape for f in decode.read_frames(png)] == [(20, 30)]  # another image: its one picture
+    (tmp_path / "brain.mgz").write_bytes(b"\x00" * 300)
+    with pytest.raises(ImageReadError, match="FreeSurfer MGH"):  # a volume format named, by its file name
+        decode.read_frames(tmp_path / "brain.mgz")
 
 
 @pytest.mark.parametrize("photometric", ["RGB", "YBR_FULL"])

@@ -250,6 +250,10 @@ def test_volumes_that_would_cost_far_more_than_a_scan_are_refused_quickly(tmp_pa
     nib.save(nib.Nifti1Image(phantom()[:, :, :2], np.diag([1.0, 2000.0, 1.0, 1.0])), tmp_path / "aspect.nii")
     vol = read_volume(tmp_path / "aspect.nii")
     assert vol.slices.shape == (2, 50, 40) and any("implausible pixel spacing" in n for n in vol.notes)
+    nib.save(nib.Nifti1Image(np.ones((40, 1400, 2), np.uint8), np.diag([1.0, 7.0, 1.0, 1.0])), tmp_path / "tall.nii")
+    vol = read_volume(tmp_path / "tall.nii")  # a plausible spacing, but stretched it would be 9,800 pixels tall
+    assert vol.slices.shape == (2, 1400, 40) and any("would make the volume too large" in n for n in vol.notes)
+    assert not any("implausible" in n for n in vol.notes)
 
 
 def test_single_planes_and_masks_are_shown_as_one_viewable_slice(tmp_path):
