@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 
 from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
 from brain_tumor.decode import dicom_frame_count, ImageReadError, read_frames, read_image  # noqa: E402
-from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, overlay  # noqa: E402
+from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, ablation_is_closed_form, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
 from brain_tumor.inference import Prediction, Predictor, most_suspicious  # noqa: E402
 from brain_tumor.model import ModelLoadError  # noqa: E402
@@ -48,11 +48,17 @@ from brain_tumor.verdict import ANSWERED, DISCLAIMER  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted((HERE / "examples").glob("*.jpg"))
-METHODS = [m for m in LIBRARY_METHODS if m != "ablationcam"]  # AblationCAM takes minutes on a CPU
 PREDICTED = "predicted"
 DEFAULT_OPACITY = 0.45
 NOT_ASSESSED = "not assessed: this does not look like a brain MRI"  # the label shown when no answer is given
 DELETE_CACHE = (300, 600)  # every 5 minutes, delete output images older than 10 minutes
+
+
+def heatmap_methods(predictor: Predictor) -> list[str]:
+    """The menu's heat-map methods: all of pytorch-grad-cam's, but AblationCAM only where it is one pass (the
+    served layer is the last stage); elsewhere it takes minutes a slice on a CPU."""
+    fast = ablation_is_closed_form(predictor.model, predictor.config.cam_layer)
+    return [m for m in LIBRARY_METHODS if m != "ablationcam" or fast]
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -365,7 +371,8 @@ def build_demo(predictor: Predictor, predict_fn: Optional[Callable] = None) -> g
                                      type="filepath", elem_id="series")
                 frame = gr.Slider(0, 1, value=0, step=1, label="Slice", visible=False, elem_id="slice")
                 scan_button = gr.Button("Scan all slices", visible=False, elem_id="scan-all")
-                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in METHODS], value=predictor.config.cam_method,
+                method = gr.Dropdown([(METHOD_LABELS[m], m) for m in heatmap_methods(predictor)],
+                                     value=predictor.config.cam_method,
                                      label="Explanation method")
                 target = gr.Dropdown([("the predicted class", PREDICTED)] +
                                      [(predictor.config.display(c), c) for c in predictor.classes], value=PREDICTED,

@@ -27,7 +27,7 @@ LIBRARY_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigenc
                    "hirescam": "HiResCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM", "ablationcam": "AblationCAM"}
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM (gradient-free)",
                  "hirescam": "HiResCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM",
-                 "ablationcam": "AblationCAM (gradient-free, slow)"}
+                 "ablationcam": "AblationCAM (gradient-free)"}
 
 
 def check_method(method: str) -> str:
@@ -247,13 +247,74 @@ class OnePass:
         return fuse(maps, self.weights)
 
 
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    """Per-map shift to 0 and division by (1e-7 + max), as pytorch-grad-cam's scale_cam_image does."""
+    flat = maps.reshape(len(maps), -1)
+    maps = maps - flat.min(1)[:, None, None]
+    return (maps / (1e-7 + maps.reshape(len(maps), -1).max(1)[:, None, None])).astype(np.float32)
+
+
+def ablation_is_closed_form(model: torch.nn.Module, layer: str) -> bool:
+    """Whether AblationCAM of ``layer`` (every layer of a fused target) takes one pass here (``ablation_at_head``)
+    rather than pytorch-grad-cam's forward pass per channel (minutes a slice on a CPU)."""
+    return all(_linear_head(model, target_layer(model, name)) is not None for name, _ in parse_layers(layer))
+
+
+def ablation_at_head(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int],
+                     layer: str) -> Optional[np.ndarray]:
+    """AblationCAM in closed form where the target is the last stage feeding average pooling and a linear head
+    (as ``OnePass`` analytic gradients): pytorch-grad-cam's maps without its forward pass per channel, or None
+    where the closed form does not hold (another layer, another head, activations that are not ReLU's).
+
+    The library sets channel k of the layer's output to 0 (its ablation value when the activations' minimum is
+    0), runs the rest of the network and weighs channel k by (score - ablated score) / score. After the layer
+    the score is W[c] . mean(A) + b, so the drop is exactly W[c, k] * mean(A_k): one forward pass for all
+    channels. The map is then drawn as the library draws it (ReLU, min-max, plain resize to the input, min-max).
+    A score of exactly 0 (where the library divides by zero) is taken as 1."""
+    module = target_layer(model, layer)
+    head = _linear_head(model, module)
+    if head is None:
+        return None
+    kept: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    acts = kept[-1].float()
+    if (acts.flatten(1).min(1).values != 0).any():  # not ReLU-like: the library ablates with min - 1e7 instead
+        return None
+    idx = torch.as_tensor(list(classes), dtype=torch.long).view(-1)
+    score = logits.float().gather(1, idx.view(-1, 1))
+    score = torch.where(score == 0, torch.ones_like(score), score)
+    weights = head.weight.float()[idx] * acts.mean(dim=(2, 3)) / score  # N x K: the relative drop per channel
+    cams = np.maximum(torch.einsum("nk,nkhw->nhw", weights, acts).cpu().numpy(), 0)
+    h, w = x.shape[-2:]
+    maps = np.stack([cv2.resize(m, (w, h)) for m in _minmax(cams)])
+    return _minmax(np.maximum(maps, 0))  # (the library's aggregation over layers: ReLU, then min-max again)
+
+
 def compute_with_library(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], method: str,
                          layer: str) -> np.ndarray:
-    """Maps from pytorch-grad-cam (any of LIBRARY_METHODS), at input resolution, N x H x W in [0, 1]."""
+    """Maps from pytorch-grad-cam (any of LIBRARY_METHODS), at input resolution, N x H x W in [0, 1].
+    AblationCAM at the last stage is computed in closed form (``ablation_at_head``): the same maps, one pass."""
+    method = check_method(method)
+    if method == "ablationcam":
+        maps = ablation_at_head(model, x, classes, layer)
+        if maps is not None:
+            return maps
+    return _library(model, x, classes, method, layer)
+
+
+def _library(model: torch.nn.Module, x: torch.Tensor, classes: Sequence[int], method: str, layer: str) -> np.ndarray:
+    """pytorch-grad-cam itself."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    method = check_method(method)
     cls = getattr(pytorch_grad_cam, LIBRARY_METHODS[method])
     was_training = model.training
     with cls(model=model, target_layers=[target_layer(model, layer)]) as cam:

@@ -115,6 +115,23 @@ def test_labels_and_card_come_from_the_model_config(app, tmp_path):
     assert "without validation figures" in card  # an untrained model has no metrics: said, not crashed
 
 
+def test_ablation_cam_is_offered_only_where_it_takes_one_pass(app, tmp_path):
+    import gradio as gr
+
+    folder = save_model(create_model(["no", "yes"], init="scratch", img_size=64).eval(), tmp_path / "m")
+    predictor = Predictor(str(folder))
+    assert predictor.config.cam_layer == "layer4"
+    assert "ablationcam" in app.heatmap_methods(predictor)
+    [pred] = predictor.predict([read_image(EXAMPLES[0])], heatmaps=True, method="ablationcam")
+    assert pred.method == "ablationcam" and pred.heatmap.shape == (64, 64) and pred.heatmap.max() > 0.5
+    predictor.config.cam_layer = "layer3:0.75+layer4"  # layer3's AblationCAM: a forward pass per channel
+    methods = app.heatmap_methods(predictor)
+    assert "ablationcam" not in methods and {"gradcam", "gradcam++", "eigencam"} <= set(methods)
+    demo = app.build_demo(predictor)
+    menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Explanation method")
+    assert [v for _, v in menu.choices] == methods
+
+
 def test_summary_says_uncertain_and_not_mri_in_words(app):
     pred = app.predictor.predict([read_image(EXAMPLES[0])], heatmaps=True)[0]
     assert f"**Answer: {pred.display(pred.label)}**" in app.summary(pred, app.predictor)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from brain_tumor.preprocess import to_tensor
-from brain_tumor.explain import (HEAT_FLOOR, OnePass, compute_with_library, fuse, layer_stride, library_maps, overlay,
-                                 parse_layers, recentre, upsample)
+from brain_tumor.explain import (HEAT_FLOOR, OnePass, _library, ablation_at_head, compute_with_library, fuse,
+                                 layer_stride, library_maps, overlay, parse_layers, recentre, upsample)
 from brain_tumor.inference import Predictor
 from brain_tumor.model import create_model
 from conftest import CLASSES, briefly_trained_model, synthetic_slice
@@ -270,6 +270,23 @@ def test_other_class_and_library_method(model):
         predictor.predict([g], heatmaps=True, target="cat")
     with pytest.raises(ValueError, match="unknown heat-map method"):
         predictor.predict([g], heatmaps=True, method="magic")
+
+
+def test_ablation_cam_in_closed_form_equals_the_librarys(model):
+    """At layer4 AblationCAM is one forward pass; pytorch-grad-cam's own (a pass per channel) gives the same maps,
+    for the predicted class and for classes the model scores below zero (where the weights change sign)."""
+    x = to_tensor(np.stack([synthetic_slice(200 + i, 64) for i in range(2)]))
+    with torch.no_grad():
+        logits = model(x)
+    classes = [int(logits[0].argmax()), int(logits[1].argmin())]
+    assert logits[1, classes[1]] < 0
+    ours = ablation_at_head(model, x, classes, "layer4")
+    theirs = _library(model, x, classes, "ablationcam", "layer4")
+    assert ours is not None and ours.shape == theirs.shape == (2, 64, 64)
+    assert theirs.std() > 0.05  # real maps, not blank ones
+    assert np.abs(ours - theirs).max() < 1e-3
+    assert np.allclose(compute_with_library(model, x, classes, "ablationcam", "layer4"), ours)
+    assert ablation_at_head(model, x, classes, "layer3") is None  # not the last stage: the library's per-channel passes
 
 
 def test_overlay_blends_within_range():
