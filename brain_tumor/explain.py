@@ -22,7 +22,8 @@ import torch
 
 from .config import use_bf16
 
-FAST_METHODS = ("gradcam", "gradcam++")
+FAST_METHODS = ("gradcam", "gradcam++")  # (in this order: ModelConfig.cam_shift_of's fallback)
+CLASS_AGNOSTIC = ("eigencam",)  # maps that do not depend on the class asked for
 LIBRARY_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "eigencam": "EigenCAM",
                    "hirescam": "HiResCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM", "ablationcam": "AblationCAM"}
 METHOD_LABELS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM (gradient-free)",

@@ -20,7 +20,7 @@ import torch
 from .config import native_bf16, use_bf16
 from .decode import ImageReadError, read_image
 from .preprocess import apply_crop, Crop, prepare, to_tensor, uncrop
-from .explain import FAST_METHODS, OnePass, check_method, library_maps, translate, upsample
+from .explain import CLASS_AGNOSTIC, FAST_METHODS, OnePass, check_method, library_maps, translate, upsample
 from .model import TumorClassifier, load_model
 from .trust import looks_blank
 from .volume import is_volume
@@ -218,8 +218,8 @@ class Predictor:
                         classes = pred if target_index is None else np.full(len(pred), target_index)
                         maps = library_maps(self.model, x, classes, method, self.config.cam_layer,
                                             self.config.output_stride)
-            if maps is not None:
-                maps = self._placed(maps, classes, method)
+            if maps is not None:  # (a class-agnostic map is placed as the predicted class's maps are)
+                maps = self._placed(maps, pred if method in CLASS_AGNOSTIC else classes, method)
             if maps is not None and self.config.cam_power != 1.0:
                 maps = maps ** self.config.cam_power  # order kept (same peak); faint, diffuse heat damped
             mri = self.looks_like_mri(features, grays[start:start + batch_size])

@@ -147,6 +147,33 @@ def test_the_served_map_is_moved_back_by_its_class_shift(model):
         assert np.array_equal(o.heatmap, p.heatmap)
 
 
+def test_other_methods_take_the_layers_grad_cam_offset_and_eigencam_the_predicted_class(model):
+    grays = [synthetic_slice(500 + i, 144) for i in range(3)]
+    predictor = Predictor(model)
+    shifts = {c: [4.0 + 3 * k, -2.0 - k] for k, c in enumerate(CLASSES)}  # another offset per class
+    try:
+        model.config.cam_shift = {}
+        plain = {m: predictor.predict(grays, heatmaps=True, method=m) for m in ("hirescam", "eigencam")}
+        other = next(c for c in CLASSES if c != plain["eigencam"][0].label)  # a class it does not predict
+        plain_asked = predictor.predict(grays, heatmaps=True, method="hirescam", target=other)
+        model.config.cam_shift = {"layer4/gradcam": shifts, "layer4/gradcam++": {c: [0.0, 9.0] for c in CLASSES}}
+        moved = {m: predictor.predict(grays, heatmaps=True, method=m) for m in ("hirescam", "eigencam")}
+        asked = predictor.predict(grays, heatmaps=True, method="hirescam", target=other)
+        eigen_asked = predictor.predict(grays, heatmaps=True, method="eigencam", target=other)
+    finally:
+        model.config.cam_shift = {}
+    for m in ("hirescam", "eigencam"):
+        for p, q in zip(plain[m], moved[m]):
+            dx, dy = shifts[p.label]  # the predicted class's Grad-CAM offset, undone
+            assert np.allclose(q.heatmap, translate(p.heatmap[None], [-dx], [-dy])[0], atol=1e-5)
+            assert not np.allclose(q.heatmap, p.heatmap, atol=1e-3)
+    for p, q in zip(plain_asked, asked):  # a class-specific map of another class: that class's offset
+        dx, dy = shifts[other]
+        assert np.allclose(q.heatmap, translate(p.heatmap[None], [-dx], [-dy])[0], atol=1e-5)
+    for m, e in zip(moved["eigencam"], eigen_asked):  # EigenCAM's map is the same whichever class is asked for
+        assert np.array_equal(m.heatmap, e.heatmap)
+
+
 def folder_with_cam_shift(tiny_model_dir, tmp_path, cam_shift):
     """A copy of the tiny model folder whose config.json carries this cam_shift."""
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
