@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from brain_tumor.metrics import json_ready
+
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_DATA = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Training"
 EXAMPLES = REPO / "examples"
@@ -137,7 +139,7 @@ def write_json(path: Optional[str], benchmark: str, payload: dict[str, Any], mac
     if not path:
         return
     out = {"benchmark": benchmark, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info, **payload}
-    Path(path).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    Path(path).write_text(json.dumps(json_ready(out), indent=1, default=str) + "\n")
     print(f"wrote {path}")
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .explain import FAST_METHODS, OnePass, layer_stride, upsample
+from .metrics import json_ready
 from .model import cam_shift_key
 from .preprocess import normalise
 
@@ -187,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     records = fit(model, torch.from_numpy(images[ok]))
     save_model(model, folder)
     write_model_card(folder, model.config)
-    print(json.dumps({"cam_shift": model.config.cam_shift, "by_target": records}, indent=1))
+    print(json.dumps(json_ready({"cam_shift": model.config.cam_shift, "by_target": records}), indent=1))
     return 0
 
 

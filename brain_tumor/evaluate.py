@@ -25,7 +25,8 @@ from .preprocess import head_mask
 from .datasets import ImageFolder
 from .inference import BF16_ANSWER_HELP, Predictor
 from .metrics import (classification_report, error_at_coverage, expected_calibration_error, format_group_table,
-                      group_reports, reliability, risk_coverage, roc_curve, tumor_probability, tumor_scores)
+                      group_reports, json_ready, reliability, risk_coverage, roc_curve, tumor_probability,
+                      tumor_scores)
 from .model import ModelLoadError
 from .predict import file_in_the_way
 from .datasets import read_yolo_box  # noqa: F401  (public here too)
@@ -324,7 +325,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     try:
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+            Path(args.json).write_text(json.dumps(json_ready(figures), indent=1, allow_nan=False) + "\n")
             print(f"wrote {args.json}")
         if args.report:
             for p in write_report(result, Path(args.report), predictor):

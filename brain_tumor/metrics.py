@@ -7,6 +7,19 @@ from typing import Any, Sequence
 import numpy as np
 
 
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, for writing as JSON. The figures here use NaN
+    for "undefined" (a group without normal slices has no specificity), and JSON has no NaN: Python writes it
+    anyway, and browsers, ``jq`` and the Hub's config reader then reject the whole file."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> np.ndarray:
     """Rows: true class, columns: predicted class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)

@@ -24,6 +24,7 @@ import torch.nn as nn
 from torchvision.models import resnet18
 
 from .config import IMAGENET_MEAN, IMAGENET_STD, NO_TUMOR_NAMES, PREPROCESSING, canonical_class, display_name
+from .metrics import json_ready
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -363,7 +364,7 @@ def save_model(model: TumorClassifier, folder: Union[str, os.PathLike], fp16: bo
     state.update({f"ood.{k[4:]}": getattr(model, k).detach().float().contiguous().cpu()
                   for k in ("ood_mean", "ood_precision")})
     save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "architecture": model.config.architecture})
-    (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    (folder / CONFIG_NAME).write_text(json.dumps(json_ready(model.config.to_dict()), indent=2, allow_nan=False) + "\n")
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # readable by the web server or Space that serves them
         os.chmod(folder / name, 0o644)
     return folder

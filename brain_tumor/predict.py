@@ -28,6 +28,7 @@ from .decode import ImageReadError, dicom_frame_count, read_frames, read_image
 from .datasets import is_image_file
 from .explain import check_method
 from .inference import BF16_ANSWER_HELP, Prediction, Predictor, most_suspicious
+from .metrics import json_ready
 from .model import ModelLoadError
 from .verdict import DISCLAIMER
 from .volume import is_volume, read_volume
@@ -147,7 +148,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 
     try:
         if args.json:
-            json.dump(run.records, sys.stdout, indent=1)
+            json.dump(json_ready(run.records), sys.stdout, indent=1, allow_nan=False)
             print()
         else:
             print(_printable(format_table(run.records, predictor)))

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .preprocess import normalise
-from .metrics import classification_report
+from .metrics import classification_report, json_ready
 from .model import OOD_FEATURES, TumorClassifier
 
 # The threshold's quantile of validation MRIs' distances. 0.999 since 2026-12-04 (0.995 before): fitted without one
@@ -363,7 +363,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                        extra_view=strip_view, val_groups=groups)
     save_model(model, folder)
     write_model_card(folder, model.config)
-    print(json.dumps({k: model.config.metrics[k] for k in ("calibration", "mri_detector")}, indent=1))
+    print(json.dumps(json_ready({k: model.config.metrics[k] for k in ("calibration", "mri_detector")}), indent=1))
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 
 from brain_tumor import datasets, splits
 from brain_tumor.augment import strip_view
+from brain_tumor.metrics import json_ready
 from brain_tumor.model import load_model, nearest_mahalanobis
 from brain_tumor.preprocess import normalise, prepare
 from brain_tumor.trust import OOD_QUANTILE, fit_ood, looks_blank, non_mri_images
@@ -128,9 +129,10 @@ def main(argv=None) -> int:
                   f"{worst[1]:.3f})  stripped {row['stripped_flagged']:.4f}  non-MRI caught {row['non_mri_caught']:.3f}"
                   f" | a source left out, its slices flagged: {held}", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "training_slices": len(train),
-                                               "validation_slices": len(val), "non_mri_images": len(negatives),
-                                               "candidates": results}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(json_ready({"model": args.model, "training_slices": len(train),
+                                                          "validation_slices": len(val),
+                                                          "non_mri_images": len(negatives), "candidates": results}),
+                                               indent=1) + "\n")
     return 0
 
 

@@ -34,6 +34,7 @@ from brain_tumor.datasets import list_images, read_roots
 from brain_tumor.decode import read_image
 from brain_tumor.evaluate import box_mask, heat_share, pointing_hit, read_yolo_box
 from brain_tumor.inference import Predictor
+from brain_tumor.metrics import json_ready
 from brain_tumor.preprocess import head_mask
 from brain_tumor.splits import previous_sides
 from scripts._images import SPLIT_HELP, is_split, split_file, split_images
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     predictor.config.cam_layer, predictor.config.cam_power = original_layer, original_power
     out = {"model": predictor.source, "boxes": args.boxes, "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(json_ready(out), indent=1) + "\n")
     if args.apply:
         apply_best(Path(predictor.source), rows, args.boxes)
     return 0

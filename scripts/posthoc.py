@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from brain_tumor import datasets, splits
-from brain_tumor.metrics import group_reports, selection_score
+from brain_tumor.metrics import group_reports, json_ready, selection_score
 from brain_tumor.model import load_model
 from brain_tumor.preprocess import normalise
 from brain_tumor.trust import fit_temperature
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     for name, f in out["last_layer"].items():
         print(line(name, f) + f"  (head moved {f['relative_change']:.2f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(json_ready(out), indent=1) + "\n")
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from brain_tumor.datasets import Collection
+from brain_tumor.metrics import json_ready
 from scripts._images import SPLIT_HELP, split_file
 from brain_tumor.splits import read_split
 
@@ -109,8 +110,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("cells: called a tumour / slices, share. d: tumour slices, slices from the tumour's nearer end (0: an end "
           "slice); tumour-free slices, slices to the nearest tumour slice.")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": predictor.source, "split": str(split_file(args.split or predictor.source)),
-                                               "bands": [band_name(b) for b in BANDS], "groups": result}, indent=1) + "\n")
+        Path(args.json).write_text(json.dumps(json_ready({"model": predictor.source,
+                                                          "split": str(split_file(args.split or predictor.source)),
+                                                          "bands": [band_name(b) for b in BANDS],
+                                                          "groups": result}), indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 

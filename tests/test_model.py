@@ -31,6 +31,26 @@ def test_round_trip_keeps_predictions_and_config(tmp_path):
     assert cfg["num_classes"] == 4 and cfg["input_size"] == [3, 64, 64] and "mean" in cfg and "preprocessing" in cfg
 
 
+def strict_json(text: str):
+    """JSON as browsers, jq and the Hub read it: NaN and Infinity are not JSON."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_undefined_figures_are_written_as_null_not_nan(tmp_path):
+    model = create_model(CLASSES, init="scratch", img_size=64).eval()
+    model.config.metrics = {"validation_groups": {"teaching/t1ce": {"n": 78, "tumor_sensitivity": 0.9,
+                                                                    "tumor_specificity": float("nan")}},
+                            "spread": [np.float32(1.5), float("inf")]}
+    save_model(model, tmp_path, fp16=False)
+    cfg = strict_json((tmp_path / "config.json").read_text())
+    assert cfg["metrics"]["validation_groups"]["teaching/t1ce"] == {"n": 78, "tumor_sensitivity": 0.9,
+                                                                   "tumor_specificity": None}
+    assert cfg["metrics"]["spread"] == [1.5, None]
+    assert load_model(str(tmp_path)).config.metrics["validation_groups"]["teaching/t1ce"]["tumor_specificity"] is None
+
+
 def test_fp16_storage_changes_outputs_only_slightly(tmp_path):
     torch.manual_seed(2)
     model = create_model(CLASSES, init="scratch", img_size=64).eval()

@@ -30,3 +30,17 @@ def test_the_shipped_card_reports_every_validation_source():
     assert any(any(xy) for xy in shift.values()) and "moved by (right, down)" in card
     notes = config["training"]["notes"]  # how these weights came to be: kept in the config, so every refit keeps them
     assert notes and all(n in card for n in notes)
+
+
+def test_the_shipped_and_published_json_is_strict_json():
+    """NaN is not JSON: the Hub, browsers and jq refuse a file holding it (an undefined figure is written null)."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    files = [BUNDLED_MODEL / "config.json", *sorted((ROOT / "docs").rglob("*.json"))]
+    for path in files:
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except ValueError as e:
+            raise AssertionError(f"{path.relative_to(ROOT)}: {e}") from None
+    assert len(files) > 20
