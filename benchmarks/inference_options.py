@@ -214,7 +214,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     model, cfg = predictor.model, predictor.config
     split = args.split or predictor.source
     try:
-        paths, labels = labelled_images(predictor, split, args.data)
+        paths, labels, _ = labelled_images(predictor, split, args.data)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,25 +37,28 @@ def split_images(split: str, validation: bool = True) -> Collection:
 
 
 def labelled_images(predictor, split: Optional[str] = None,
-                    data: Optional[str] = None) -> tuple[list[Path], np.ndarray]:
-    """The images to score and each one's class as an index into the model's classes: the class folders of
-    ``data`` if given, else the validation images of ``split`` (default: the model's own folder). Images of a
-    class the model does not know are left out."""
+                    data: Optional[str] = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """The images to score, each one's class as an index into the model's classes, and each one's group
+    ('source/sequence'): the class folders of ``data`` if given (one group, the folder's name), else the validation
+    images of ``split`` (default: the model's own folder). Images of a class the model does not know are left out."""
     if data:
         folder = read_class_folders(data)
         paths, classes = folder.paths, [folder.classes[k] for k in folder.labels]
+        groups = [Path(data).name or str(data)] * len(paths)
     else:
         col = split_images(split or predictor.source)
-        paths, classes = col.paths, col.classes
+        paths, classes, groups = col.paths, col.classes, col.groups()
     known = [i for i, c in enumerate(classes) if c in predictor.classes]
     if not known:
         raise ValueError(f"no images of the model's classes {predictor.classes} in {data or split or predictor.source}")
-    return [paths[i] for i in known], np.array([predictor.classes.index(classes[i]) for i in known], dtype=int)
+    return ([paths[i] for i in known], np.array([predictor.classes.index(classes[i]) for i in known], dtype=int),
+            [groups[i] for i in known])
 
 
 def scored_images(description: str, argv: Optional[Sequence[str]] = None):
     """The command line every evaluation of labelled images shares (--model, --split, --data, --json), parsed:
-    (arguments, the Predictor, the images to score, each one's class index) -- see labelled_images."""
+    (arguments, the Predictor, the images to score, each one's class index, each one's group) -- see
+    labelled_images."""
     from brain_tumor.inference import Predictor
 
     ap = argparse.ArgumentParser(description=description)
@@ -65,5 +68,5 @@ def scored_images(description: str, argv: Optional[Sequence[str]] = None):
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     predictor = Predictor(args.model)
-    paths, y = labelled_images(predictor, args.split, args.data)
-    return args, predictor, paths, y
+    paths, y, groups = labelled_images(predictor, args.split, args.data)
+    return args, predictor, paths, y, groups

@@ -6,7 +6,11 @@ slices look (a proxy of our own making for the original project's 253-image yes/
 - inverted: tissue brightness inverted inside the head (T1-like contrast turned T2-like) by the package's
   trust.sequence_proxy on the model's input, as training scores it for config.json's inverted_contrast_proxy;
 - film: a photographed film -- white frame, gamma, blur, a letter and an arrow, odd size (150-1900 px);
-- both: the film, read by the model inverted.
+- both: the film, read by the model inverted;
+- skull-stripped: zero outside the brain, as BraTS-style slices come (the package's augment.strip_view on the
+  slice as read, before the head is cropped, so the crop then frames the brain alone).
+
+Pooled figures, then each variant's table by source and sequence (the JSON holds both).
 
     python -m scripts.shortcut_proxy --model model            # the validation images of model/split.json
     python -m scripts.shortcut_proxy --model model --data DIR # a plain folder of class folders instead
@@ -20,9 +24,10 @@ import cv2
 import numpy as np
 import torch
 
+from brain_tumor.augment import strip_view
 from brain_tumor.decode import read_image
 from brain_tumor.inference import Predictor
-from brain_tumor.metrics import tumor_probability, tumor_scores
+from brain_tumor.metrics import format_group_table, group_reports, json_ready, tumor_probability, tumor_scores
 from brain_tumor.trust import extract, sequence_proxy
 from scripts._images import scored_images
 
@@ -51,27 +56,40 @@ def film(gray: np.ndarray, rng) -> np.ndarray:
     return img
 
 
+def skull_stripped(gray: np.ndarray, rng) -> np.ndarray:
+    """The slice zeroed outside the brain (augment.strip_view: skull and scalp 6-12% of the side, drawn from
+    torch's generator, which main seeds)."""
+    x = torch.from_numpy(np.ascontiguousarray(gray)).float().div(255)[None, None]
+    return strip_view(x)[0, 0].mul(255).round().clamp(0, 255).byte().numpy()
+
+
 def main(argv=None) -> int:
-    args, predictor, paths, y = scored_images(__doc__.split("\n")[0], argv)
+    args, predictor, paths, y, groups = scored_images(__doc__.split("\n")[0], argv)
     grays = [read_image(p) for p in paths]
     no_tumor = predictor.config.no_tumor_indices
     is_tumor = ~np.isin(y, no_tumor)
     rng = np.random.default_rng(0)
+    torch.manual_seed(0)
     variants = {"as is": (None, None), "inverted": (None, sequence_proxy), "film": (film, None),
-                "inverted + film": (film, sequence_proxy)}  # (on the slice, on the model's input)
-    rows = {}
+                "inverted + film": (film, sequence_proxy),
+                "skull-stripped": (skull_stripped, None)}  # (on the slice, on the model's input)
+    rows, tables = {}, {}
     for name, (on_slice, on_input) in variants.items():
         probs, flagged = probabilities(predictor, [on_slice(g, rng) if on_slice else g for g in grays], on_input)
         s = tumor_scores(is_tumor, tumor_probability(probs, no_tumor))
         s["accuracy_4class"] = float(np.mean(probs.argmax(1) == y))
         s["flagged_not_mri"] = float(flagged.mean())
         rows[name] = s
+        tables[name] = group_reports(y, probs, groups, predictor.classes, no_tumor)
         print(f"{name:<16} tumour sensitivity {s['tumor_sensitivity']:.3f}  specificity {s['tumor_specificity']:.3f}  "
               f"tumour-vs-none accuracy {s['tumor_accuracy']:.3f}  4-class accuracy {s['accuracy_4class']:.3f}  "
               f"flagged 'not a brain MRI' {s['flagged_not_mri']:.3f}",
               flush=True)
+    for name, table in tables.items():
+        print(f"\n{name}\n{format_group_table(table)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": predictor.source, "n": len(paths), "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(json_ready({"model": predictor.source, "n": len(paths), "rows": rows,
+                                                          "groups": tables}), indent=1))
     return 0
 
 

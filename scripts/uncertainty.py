@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from brain_tumor.decode import read_image
-from brain_tumor.metrics import auroc
+from brain_tumor.metrics import auroc, json_ready
 from brain_tumor.preprocess import to_tensor
 from scripts._images import scored_images
 
 
 def main(argv=None) -> int:
-    args, predictor, paths, y = scored_images(__doc__.split("\n")[0], argv)
+    args, predictor, paths, y, _ = scored_images(__doc__.split("\n")[0], argv)
     prepared = np.stack([predictor.prepare(read_image(p))[0] for p in paths])
     model, temperature = predictor.model, predictor.config.temperature
     logits, feats, flipped = [], [], []
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     for name, value in rows.items():
         print(f"  {name:<34} {value:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": predictor.source, "n": int(len(y)),
-                                               "wrong": int(wrong.sum()), "auroc_for_errors": rows}, indent=1))
+        Path(args.json).write_text(json.dumps(json_ready({"model": predictor.source, "n": int(len(y)), "wrong": int(wrong.sum()),
+                                                          "auroc_for_errors": rows}), indent=1))
     return 0
 
 
