@@ -95,13 +95,19 @@ def summary(pred: Prediction, predictor: Predictor) -> str:
 
 
 def heatmap_quality(predictor: Predictor) -> str:
-    """One line on how good the default maps measured (config.metrics['heatmaps']), or nothing."""
+    """One line on how good the default maps measured (config.metrics['heatmaps']), set by set where the figures
+    say which sets (their overall pointing game is the mean over the sets, not a share of all the slices), or
+    nothing."""
     h = (predictor.config.metrics or {}).get("heatmaps") or {}
     if "pointing_game" not in h:
         return ""
-    return (f" Measured on {h.get('n_boxes', '?')} tumour slices with boxes, the default map's peak fell inside the "
-            f"tumour box {h['pointing_game']:.0%} of the time, and {h.get('heat_in_head', 0):.0%} of its heat lay "
-            "inside the head.")
+    sets = [(Path(name).name, row) for name, row in (h.get("by_source") or {}).items()
+            if isinstance(row, dict) and isinstance(row.get("pointing_game"), (int, float))]
+    parts = [f"{row['pointing_game']:.0%} of {row.get('n_boxes', '?')} {name} slices" for name, row in sets]
+    where = (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0] if parts
+             else f"{h['pointing_game']:.0%} of {h.get('n_boxes', '?')} slices")
+    return (f" Measured against tumour boxes, the default map's peak fell inside the box on {where}, and "
+            f"{h.get('heat_in_head', 0):.0%} of its heat lay inside the head.")
 
 
 def card_markdown(predictor: Predictor) -> str:

@@ -132,6 +132,20 @@ def test_ablation_cam_is_offered_only_where_it_takes_one_pass(app, tmp_path):
     assert [v for _, v in menu.choices] == methods
 
 
+def test_heat_map_quality_is_told_set_by_set(app, tiny_model_dir):
+    predictor = Predictor(str(tiny_model_dir))
+    assert app.heatmap_quality(predictor) == ""  # no figures: nothing claimed
+    predictor.config.metrics = {"heatmaps": {
+        "n_boxes": 381, "pointing_game": 0.67, "heat_in_head": 0.994,  # the mean over the sets, not of all slices
+        "by_source": {"../data/lgg-segmentation": {"pointing_game": 0.841, "n_boxes": 321},
+                      "../data/tumor-boxes-sample": {"pointing_game": 0.5, "n_boxes": 60}}}}
+    line = app.heatmap_quality(predictor)
+    assert "84% of 321 lgg-segmentation slices and 50% of 60 tumor-boxes-sample slices" in line
+    assert "67%" not in line and "99% of its heat" in line
+    del predictor.config.metrics["heatmaps"]["by_source"]  # an older config: the overall figure alone
+    assert "67% of 381 slices" in app.heatmap_quality(predictor)
+
+
 def test_summary_says_uncertain_and_not_mri_in_words(app):
     pred = app.predictor.predict([read_image(EXAMPLES[0])], heatmaps=True)[0]
     assert f"**Answer: {pred.display(pred.label)}**" in app.summary(pred, app.predictor)
