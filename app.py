@@ -36,7 +36,7 @@ import gradio as gr  # noqa: E402  (after GRADIO_TEMP_DIR is set)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from brain_tumor.config import MAX_FILE_BYTES  # noqa: E402
+from brain_tumor.config import MAX_FILE_BYTES, HelpFormatter  # noqa: E402
 from brain_tumor.decode import dicom_frame_count, ImageReadError, read_frames, read_image  # noqa: E402
 from brain_tumor.explain import HEAT_FLOOR, LIBRARY_METHODS, METHOD_LABELS, ablation_is_closed_form, overlay  # noqa: E402
 from brain_tumor.hub import model_card  # noqa: E402
@@ -63,7 +63,7 @@ def heatmap_methods(predictor: Predictor) -> list[str]:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the brain MRI tumour classifier as a Gradio app.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", default=None,
                         help="model folder or Hub id user/name[@revision] (default: $BRAIN_TUMOR_MODEL, else model/)")
     parser.add_argument("--share", action="store_true", help="ask Gradio for a public share link (needs a network)")

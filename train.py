@@ -23,13 +23,13 @@ import shlex
 import sys
 from dataclasses import fields
 
-from brain_tumor.config import TrainConfig
+from brain_tumor.config import HelpFormatter, TrainConfig
 
 
 def parse_args(argv=None) -> TrainConfig:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, action="append", metavar="DIR",
                    help="a data root (repeat for several): class folders, Training/ + Testing/, or sequence folders "
                         "of class folders (flair/glioma/...); classes are the union, mapped through the aliases")

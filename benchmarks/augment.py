@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from brain_tumor.config import HelpFormatter
 from benchmarks._harness import (default_data, describe_machine, machine, sample_images, summary, table,
                                  take_turns, write_json)
 
@@ -37,7 +38,7 @@ def _monai_per_image(transform):
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.augment", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", default=str(default_data()), help="folder of training slices")
     parser.add_argument("--batch", type=int, default=64, help="slices per batch")
     parser.add_argument("--batches", type=int, default=6, help="timed batches (after one untimed)")

@@ -347,10 +347,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
     import sys
 
+    from .config import HelpFormatter
     from .decode import ImageReadError
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.augment", description=main.__doc__.split(": ")[1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("file", help="an image or DICOM slice")
     parser.add_argument("--out", default="augmentations.png", help="where the grid is written")
     parser.add_argument("--img-size", type=int, default=224, help="the prepared square's side")

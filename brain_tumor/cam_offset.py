@@ -34,6 +34,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .config import HelpFormatter
 from .explain import FAST_METHODS, OnePass, layer_stride, upsample
 from .metrics import json_ready
 from .model import cam_shift_key
@@ -161,7 +162,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .model import load_model, save_model
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.cam_offset", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("model", help="model folder written by train.py (with split.json)")
     parser.add_argument("--data", action="append", default=[], metavar="SOURCE=DIR",
                         help="where a source of split.json lies, if not where it was trained (repeatable)")

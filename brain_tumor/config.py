@@ -1,6 +1,7 @@
 """Configuration: class names and their aliases, preprocessing defaults, and the TrainConfig dataclass."""
 from __future__ import annotations
 
+import argparse
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,18 @@ MAX_FILE_BYTES = 50 * 1024 * 1024  # refuse uploads above this
 MAX_PIXELS = 64_000_000  # refuse images whose header claims more (decompression bombs)
 MAX_SLICES = 2048  # slices of one volume, or frames of one DICOM file, answered together (a 1 x 1 x 2,000,000
 # volume, or a 50 MB file of 5 x 5 frames, is not a scan)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The command lines' help: each option's default, except where its help already says it ("default: ...") or
+    there is none worth showing (None, an empty string, a flag: "--no-mri-aug (default: True)" misleads)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default:" in text or "%(default)" in text or action.nargs == 0
+                or action.default is None or action.default in ("", argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
 
 
 @functools.lru_cache(maxsize=1)

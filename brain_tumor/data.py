@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .config import HelpFormatter
 from .datasets import find_splits
 from .decode import ImageReadError, PathLike, read_image
 from .preprocess import thumbnail
@@ -152,7 +153,7 @@ def pack(root: PathLike, out: PathLike, max_side: int = 192, quality: int = 75) 
 
 def _pack_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.data pack", description=pack.__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("roots", nargs="+", metavar="SRC", help="data roots; each is copied to OUT/<its path below "
                                                                 "the deepest folder they share>")
     parser.add_argument("--out", required=True, help="where the copies go")
@@ -179,7 +180,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     if argv[:1] == ["pack"]:
         return _pack_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.data", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      epilog="python -m brain_tumor.data download NAME DIR fetches a public data set "
                                             "(see: python -m brain_tumor.data download --help); "
                                             "python -m brain_tumor.data pack SRC --out DIR writes a small copy")

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from .config import HelpFormatter
 from .decode import ImageReadError
 from .preprocess import head_mask
 from .datasets import ImageFolder
@@ -289,7 +290,7 @@ def write_report(result: dict[str, Any], out: Path, predictor: Predictor, worst:
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", required=True, action="append", metavar="DIR",
                         help="labelled root (repeat for several): class folders (model classes, or yes/no), "
                              "Training/, or sequence folders of class folders (flair/glioma/...)")

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .config import HelpFormatter
 from .model import CONFIG_NAME, WEIGHTS_NAME, ModelConfig
 from .verdict import DISCLAIMER
 
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.hub", description="Upload a model folder to the Hub.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("repo_id", help="user/name")
     parser.add_argument("--private", action="store_true")

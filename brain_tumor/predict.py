@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .config import IMAGE_SUFFIXES
+from .config import IMAGE_SUFFIXES, HelpFormatter
 from .decode import ImageReadError, dicom_frame_count, read_frames, read_image
 from .datasets import is_image_file
 from .explain import check_method
@@ -102,7 +102,7 @@ def _printable(text: str, stream=None) -> str:
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.predict",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     formatter_class=HelpFormatter,
                                      description="Classify brain MRI slices (JPEG, PNG, BMP, TIFF, WebP, DICOM) and "
                                                  "volumes (NIfTI .nii/.nii.gz, a .zip of one DICOM series).")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked recursively)")

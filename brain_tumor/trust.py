@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import HelpFormatter
 from .preprocess import normalise
 from .metrics import classification_report, json_ready
 from .model import OOD_FEATURES, TumorClassifier
@@ -325,7 +326,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from .model import load_model, save_model
 
     parser = argparse.ArgumentParser(prog="python -m brain_tumor.trust", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("model", help="model folder written by train.py (with split.json)")
     parser.add_argument("--data", action="append", default=[], metavar="[SOURCE=]DIR",
                         help="where a source of split.json lies, if not where it was trained (repeatable); "

@@ -117,6 +117,23 @@ def test_predict_help_shows_defaults(capsys):
         predict.main(["--help"])
     text = capsys.readouterr().out
     assert "(default: 32)" in text and "(default: all)" in text and "--report" in text
+    # a default the help states itself, or None, or a flag's, is not shown again: "(default: bundled) (default: None)"
+    words = " ".join(text.split())
+    assert "(default: None)" not in words and "(default: False)" not in words
+    assert words.count("(default: bundled)") == 1
+
+
+def test_every_command_line_help_leaves_out_empty_defaults(capsys):
+    import train
+    from brain_tumor import evaluate
+
+    for main in (lambda: train.parse_args(["--help"]), lambda: evaluate.main(["--help"])):
+        with pytest.raises(SystemExit):
+            main()
+        words = " ".join(capsys.readouterr().out.split())
+        assert "(default: 20)" in words or "(default: 32)" in words
+        for empty in ("(default: None)", "(default: False)", "(default: True)", "(default: )"):
+            assert empty not in words, empty
 
 
 def test_bundled_examples_decode_for_the_report():
