@@ -1,4 +1,5 @@
-"""Configuration: class names and their aliases, preprocessing defaults, the TrainConfig dataclass, and the command lines' help format."""
+"""Configuration: class names and their aliases, preprocessing defaults, the TrainConfig dataclass, and the
+command lines' help format."""
 from __future__ import annotations
 
 import argparse
