@@ -52,12 +52,13 @@ MAX_SLICES = 2048  # slices of one volume, or frames of one DICOM file, answered
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """The command lines' help: each option's default, except where its help already says it ("default: ...") or
-    there is none worth showing (None, an empty string, a flag: "--no-mri-aug (default: True)" misleads)."""
+    there is none worth showing (None, an empty string or list, a flag: "--no-mri-aug (default: True)" misleads)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("default:" in text or "%(default)" in text or action.nargs == 0
-                or action.default is None or action.default in ("", argparse.SUPPRESS)):
+        empty = action.default is None or (isinstance(action.default, (str, list, tuple)) and not action.default)
+        if ("default:" in text or "%(default)" in text or action.nargs == 0 or empty
+                or action.default is argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
 
