@@ -1,0 +1,83 @@
+"""A weight average ("model soup", Wortsman et al. 2022) of models trained from one another: a model folder whose
+network weights are the weighted mean of its ingredients'.
+
+An ingredient is a model folder (or its .safetensors file), or a run's resumable state (``RUN.train_state.pt``,
+which train.py keeps beside the model folder: its moving average with --ema, else the last epoch's weights, the
+ones a finished run does not otherwise keep). Averaging only makes sense for networks that share a training
+trajectory (one continued from the other); the batch-norm statistics are averaged too, as the EMA does.
+The folder takes config.json and split.json from ``--like``; what depends on the weights is refit afterwards:
+
+    python -m scripts.soup model runs/run17.train_state.pt --like runs/run17 --out runs/soup
+    python -m brain_tumor.trust runs/soup && python -m brain_tumor.cam_offset runs/soup    # temperature, detector, offsets
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from brain_tumor.config import HelpFormatter
+from brain_tumor.model import WEIGHTS_NAME, _read_safetensors, load_model, save_model
+
+
+def network_weights(source: str) -> dict[str, torch.Tensor]:
+    """The network's state dict (the keys of ``TumorClassifier.net``) of a model folder, a .safetensors file or a
+    train state."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / WEIGHTS_NAME
+    if path.name.endswith(".train_state.pt"):
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if state.get("ema") is not None:
+            weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+        else:
+            weights = state["model"]
+        return {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise SystemExit(f"{source}: not a model folder, .safetensors file or train state")
+    return {k: v for k, v in _read_safetensors(path).items() if not k.startswith("ood.")}
+
+
+def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
+    """The weighted mean of floating-point tensors (fp32); other tensors (batch-norm counters) from the first."""
+    keys = set(states[0])
+    for s in states[1:]:
+        if set(s) != keys:
+            raise SystemExit(f"the ingredients differ in their tensors: {sorted(keys ^ set(s))[:5]}")
+        shapes = [k for k in keys if s[k].shape != states[0][k].shape]
+        if shapes:
+            raise SystemExit(f"the ingredients differ in their tensors' shapes: {sorted(shapes)[:5]}")
+    total = sum(weights)
+    out = {}
+    for k in states[0]:
+        if states[0][k].is_floating_point():
+            out[k] = sum(w / total * s[k].float() for s, w in zip(states, weights))
+        else:
+            out[k] = states[0][k].clone()
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("ingredients", nargs="+", help="model folders, .safetensors files or RUN.train_state.pt files")
+    p.add_argument("--weights", default="", help="comma-separated weight of each ingredient (default: equal)")
+    p.add_argument("--like", required=True, help="model folder whose config.json and split.json the soup takes")
+    p.add_argument("--out", required=True, help="model folder to write")
+    args = p.parse_args(argv)
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.ingredients)
+    if len(weights) != len(args.ingredients) or min(weights) < 0 or sum(weights) <= 0:
+        raise SystemExit("--weights: one non-negative number per ingredient, not all zero")
+    model = load_model(args.like)
+    model.net.load_state_dict(average([network_weights(s) for s in args.ingredients], weights))
+    out = Path(args.out)
+    save_model(model, out)
+    if (Path(args.like) / "split.json").is_file() and Path(args.like).resolve() != out.resolve():
+        shutil.copyfile(Path(args.like) / "split.json", out / "split.json")
+    print(f"{out}: {' + '.join(f'{w:g} x {s}' for s, w in zip(args.ingredients, weights))}; refit with "
+          f"`python -m brain_tumor.trust {out}` and `python -m brain_tumor.cam_offset {out}`")
+
+
+if __name__ == "__main__":
+    main()
