@@ -60,7 +60,8 @@ def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m scripts.soup", description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("ingredients", nargs="+", help="model folders, .safetensors files or RUN.train_state.pt files")
     p.add_argument("--weights", default="", help="comma-separated weight of each ingredient (default: equal)")
     p.add_argument("--like", required=True, help="model folder whose config.json and split.json the soup takes")
