@@ -5,8 +5,8 @@ An ingredient is a model folder (or its .safetensors file), or a run's resumable
 which train.py keeps beside the model folder: its moving average with --ema, else the last epoch's weights, the
 ones a finished run does not otherwise keep). Averaging only makes sense for networks that share a training
 trajectory (one continued from the other); the batch-norm statistics are averaged too, as the EMA does.
-The folder takes config.json (its training record included: edit that before publishing a soup) and split.json
-from ``--like``; what depends on the weights is refit afterwards:
+The folder takes config.json (its training record and per-group validation figures too: refresh those before
+publishing a soup) and split.json from ``--like``; what depends on the weights is refit afterwards:
 
     python -m scripts.soup model runs/run17.train_state.pt --like runs/run17 --out runs/soup
     python -m brain_tumor.trust runs/soup && python -m brain_tumor.cam_offset runs/soup    # temperature, detector, offsets
