@@ -31,6 +31,8 @@ def network_weights(source: str) -> dict[str, torch.Tensor]:
     path = Path(source)
     if path.is_dir():
         path = path / WEIGHTS_NAME
+    if not path.is_file():
+        raise SystemExit(f"{source}: not a model folder, .safetensors file or train state")
     if path.name.endswith(".train_state.pt"):
         state = torch.load(path, weights_only=True, map_location="cpu")
         if state.get("ema") is not None:
@@ -38,7 +40,7 @@ def network_weights(source: str) -> dict[str, torch.Tensor]:
         else:
             weights = state["model"]
         return {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
-    if path.suffix != ".safetensors" or not path.is_file():
+    if path.suffix != ".safetensors":
         raise SystemExit(f"{source}: not a model folder, .safetensors file or train state")
     return {k: v for k, v in _read_safetensors(path).items() if not k.startswith("ood.")}
 
@@ -70,7 +72,10 @@ def main(argv=None) -> None:
     p.add_argument("--like", required=True, help="model folder whose config.json and split.json the soup takes")
     p.add_argument("--out", required=True, help="model folder to write")
     args = p.parse_args(argv)
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.ingredients)
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else [1.0] * len(args.ingredients)
+    except ValueError:
+        raise SystemExit(f"--weights {args.weights!r}: give numbers separated by commas, e.g. 3,1") from None
     if len(weights) != len(args.ingredients) or min(weights) < 0 or sum(weights) <= 0:
         raise SystemExit("--weights: one non-negative number per ingredient, not all zero")
     model = load_model(args.like)

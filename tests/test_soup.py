@@ -48,3 +48,8 @@ def test_soup_refuses_ingredients_of_different_shapes_and_bad_weights(tmp_path):
         main([str(tmp_path / "a"), str(tmp_path / "two"), "--like", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
     with pytest.raises(SystemExit, match="not a model"):
         main([str(tmp_path / "nothing"), "--like", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit, match="not a model"):
+        main([str(tmp_path / "gone.train_state.pt"), "--like", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit, match="numbers separated by commas"):
+        main([str(tmp_path / "a"), "--weights", "half", "--like", str(tmp_path / "a"), "--out", str(tmp_path / "s")])
+    assert not (tmp_path / "s").exists()  # nothing written on a refusal
