@@ -1,7 +1,7 @@
 """A weight average ("model soup", Wortsman et al. 2022) of models trained from one another: a model folder whose
 network weights are the weighted mean of its ingredients'.
 
-An ingredient is a model folder (or its .safetensors file), or a run's resumable state (``RUN.train_state.pt``,
+An ingredient is a model folder (or its .safetensors file, or a Hub id), or a run's resumable state (``RUN.train_state.pt``,
 which train.py keeps beside the model folder: its moving average with --ema, else the last epoch's weights, the
 ones a finished run does not otherwise keep). Averaging only makes sense for networks that share a training
 trajectory (one continued from the other); the batch-norm statistics are averaged too, as the EMA does.
@@ -22,27 +22,25 @@ from pathlib import Path
 import torch
 
 from brain_tumor.config import HelpFormatter
-from brain_tumor.model import WEIGHTS_NAME, _read_safetensors, load_model, save_model
+from brain_tumor.model import ModelLoadError, load_model, save_model
 
 
 def network_weights(source: str) -> dict[str, torch.Tensor]:
-    """The network's state dict (the keys of ``TumorClassifier.net``) of a model folder, a .safetensors file or a
-    train state."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / WEIGHTS_NAME
-    if not path.is_file():
-        raise SystemExit(f"{source}: not a model folder, .safetensors file or train state")
-    if path.name.endswith(".train_state.pt"):
-        state = torch.load(path, weights_only=True, map_location="cpu")
+    """The network's state dict (the keys of ``TumorClassifier.net``) of a run's train state, or of any model source
+    `load_model` takes (a model folder, a .safetensors file with its config.json, a Hub id)."""
+    if source.endswith(".train_state.pt"):  # our own resumable state, read as engine.resume reads it
+        if not Path(source).is_file():
+            raise SystemExit(f"{source}: not a model: no such train state")
+        state = torch.load(source, weights_only=True, map_location="cpu")
         if state.get("ema") is not None:
             weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
         else:
             weights = state["model"]
         return {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
-    if path.suffix != ".safetensors":
-        raise SystemExit(f"{source}: not a model folder, .safetensors file or train state")
-    return {k: v for k, v in _read_safetensors(path).items() if not k.startswith("ood.")}
+    try:
+        return load_model(source).net.state_dict()
+    except ModelLoadError as e:
+        raise SystemExit(f"{source}: not a model ({e})") from None
 
 
 def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -67,7 +65,7 @@ def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m scripts.soup", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("ingredients", nargs="+", help="model folders, .safetensors files or RUN.train_state.pt files")
+    p.add_argument("ingredients", nargs="+", help="model folders (or Hub ids) or RUN.train_state.pt files")
     p.add_argument("--weights", default="", help="comma-separated weight of each ingredient (default: equal)")
     p.add_argument("--like", required=True, help="model folder whose config.json and split.json the soup takes")
     p.add_argument("--out", required=True, help="model folder to write")
