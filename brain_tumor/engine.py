@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -257,12 +257,13 @@ def cam_pointing(model: TumorClassifier, images: torch.Tensor, labels: torch.Ten
 
 
 def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
-             masks: Optional[torch.Tensor] = None, temperature: float = 1.0, select: str = "all") -> dict[str, Any]:
+             masks: Optional[torch.Tensor] = None, temperature: Union[float, torch.Tensor] = 1.0,
+             select: str = "all") -> dict[str, Any]:
     """Figures on the validation split: pooled, per group (with the layer4 CAM pointing game where masks exist),
     and the selection score over groups (without the pointing game when ``select`` is "answers")."""
     logits = predict_logits(model, x_val)
     pooled = evaluate_logits(logits, y_val, model, temperature)
-    probs = torch.softmax(logits.float() / temperature, 1).numpy()
+    probs = torch.softmax(logits.float() / temperature, 1).numpy()  # (temperature: a number or one per class)
     by_group = group_reports(y_val.numpy(), probs, groups, model.config.class_names, model.config.no_tumor_indices)
     if masks is not None:
         has = masks.flatten(1).amax(1) > 0
@@ -608,7 +609,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
     model.config.cam_shift = {}  # (an --init model's offsets belong to its own weights)
     pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(0))[:cam_offset.MAX_SLICES]
     cam_offset.fit(model, x_train[pick])
-    temperature = model.config.temperature
+    temperature = model.config.logit_scale()
     val = model.config.metrics["validation"]
     final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature, select=cfg.select)
     model.config.metrics["validation_groups"] = final["groups"]
@@ -648,7 +649,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
             "'needs review' flag protects little. Train longer or on more data before serving it.")
     from .hub import write_model_card
     write_model_card(out, model.config)
-    log(f"validation (grouped, calibrated T={temperature:.2f}): accuracy {val['accuracy']:.4f}, "
+    log(f"validation (grouped, calibrated, {model.config.describe_calibration()}): accuracy {val['accuracy']:.4f}, "
         f"tumour sensitivity {val['tumor_sensitivity']:.3f}, "
         f"ECE {model.config.metrics['ece_uncalibrated']:.3f} -> {val['ece']:.3f}, group score {final['score']:.4f}")
     log(format_group_table(final["groups"], extra=("pointing_game", "heat_in_mask")))

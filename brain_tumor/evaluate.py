@@ -88,15 +88,15 @@ def evaluate(predictor: Predictor, data: Union[str, Sequence[str]], heatmaps: bo
     probs = np.array([[results[i].probabilities[c] for c in predictor.classes] for i in ok])
     y = np.array([to_model[folder.labels[i]] for i in ok])
     no_tumor = predictor.config.no_tumor_indices
-    # calibrated probabilities p = softmax(z / T); softmax(T log p) recovers the uncalibrated softmax(z)
-    logp = np.log(np.clip(probs, 1e-12, 1)) * predictor.config.temperature
-    raw = np.exp(logp - logp.max(1, keepdims=True))
+    # the uncalibrated softmax(z) of each slice's raw scores (calibration: softmax(z / T), one T or one per class)
+    z = np.array([results[i].logits for i in ok], dtype=np.float64)
+    raw = np.exp(z - z.max(1, keepdims=True))
     raw /= raw.sum(1, keepdims=True)
     if mode == "multiclass":
         figures = classification_report(y, probs, predictor.classes, no_tumor)
-        correct = probs.argmax(1) == y  # temperature never changes the argmax
-        raw_confidence = raw.max(1)
-        figures["ece_uncalibrated"] = expected_calibration_error(raw_confidence, correct)
+        correct = probs.argmax(1) == y
+        raw_confidence = raw.max(1)  # (a temperature per class can change the answer: each scored as it stands)
+        figures["ece_uncalibrated"] = expected_calibration_error(raw_confidence, raw.argmax(1) == y)
     else:
         p_tumor = tumor_probability(probs, no_tumor)
         called = p_tumor >= 0.5
@@ -180,7 +180,7 @@ def format_figures(f: dict[str, Any]) -> str:
              f"accuracy {fmt(f['accuracy'])}   tumour sensitivity {fmt(f['tumor_sensitivity'])}   "
              f"specificity {fmt(f['tumor_specificity'])}   AUROC {fmt(f['tumor_auroc'])}",
              f"ECE {fmt(f['ece'])} (uncalibrated {fmt(f['ece_uncalibrated'])}"
-             + ("; the model's temperature makes it worse on this data" if _worse(f) else "") + ")   "
+             + ("; the model's calibration makes it worse on this data" if _worse(f) else "") + ")   "
              f"error on the 90% most confident {fmt(f['error_at_90_coverage'])}"]
     if "not_mri_flagged" in f:
         lines.append(f"flagged 'not a brain MRI' {fmt(f['not_mri_flagged'])}   'needs review' "

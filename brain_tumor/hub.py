@@ -47,8 +47,15 @@ def _trust_section(config: ModelConfig) -> list[str]:
                      + f" of the {config.img_size} px view.")
     c = m.get("calibration")
     if c:
-        lines.append(f"- Calibration: temperature {c['temperature']:.2f} fitted on the grouped validation split; "
+        lines.append(f"- Calibration: {config.describe_calibration()} fitted on the grouped validation split; "
                      f"ECE {_fmt(c['ece_uncalibrated'])} before, {_fmt(c['ece'])} after (same split, so optimistic).")
+        held = c.get("heldout")
+        if held:
+            lines.append("- One temperature or one per class: each fitted on four fifths of the validation slices and "
+                         "scored on the fifth left out (log-loss / ECE): one "
+                         f"{_fmt(held['temperature']['log_loss'])} / {_fmt(held['temperature']['ece'])}, per class "
+                         f"{_fmt(held['class_temperature']['log_loss'])} / {_fmt(held['class_temperature']['ece'])}; "
+                         f"{'per class' if config.class_temperature else 'one'} kept.")
         lines.append(f"- Abstention: below a calibrated confidence of {c['abstain_below']:.2f} the answer is "
                      f"'uncertain — needs review' ({_fmt(c['abstain_rate'])} of validation images); error on the "
                      f"answered rest {_fmt(c.get('error_when_answering'))}; error on the 90% most confident "
@@ -194,7 +201,7 @@ def model_card(config: ModelConfig, notes: Optional[Sequence[str]] = None) -> st
         f"| 4-class accuracy | {_fmt(val.get('accuracy'))} |",
         f"| tumour sensitivity / specificity | {_fmt(val.get('tumor_sensitivity'))} / {_fmt(val.get('tumor_specificity'))} |",
         f"| AUROC of tumour probability | {_fmt(val.get('tumor_auroc'))} |",
-        f"| ECE before / after temperature scaling (T = {config.temperature:.2f}) | "
+        f"| ECE before / after calibration ({config.describe_calibration()}) | "
         f"{_fmt(m.get('ece_uncalibrated'))} / {_fmt(val.get('ece'))} |",
         f"| error on the 90% most confident | {_fmt(val.get('error_at_90_coverage'))} |",
     ]

@@ -50,6 +50,7 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     display_names: dict[str, str] = field(default_factory=dict)  # class -> words shown (the model's config)
     abstain_below: float = 0.0  # the model's threshold behind ``needs_review``
+    logits: Optional[np.ndarray] = field(default=None, repr=False)  # the network's raw scores, before calibration
 
     def display(self, name: str) -> str:
         return self.display_names.get(name, name)
@@ -170,7 +171,7 @@ class Predictor:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_answer and self.device.type == "cpu")
 
     def _answer(self, logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        probs = torch.softmax(logits.float().cpu() / self.config.temperature, 1).numpy()
+        probs = torch.softmax(logits.float().cpu() / self.config.logit_scale(), 1).numpy()
         return probs, probs.argmax(1)
 
     def looks_like_mri(self, features: torch.Tensor, grays: Sequence[np.ndarray]) -> np.ndarray:
@@ -228,6 +229,7 @@ class Predictor:
                                      method if heatmaps else None,
                                      target_index if target_index is not None else int(pred[i]))
                 p.looks_like_mri = bool(mri[i])
+                p.logits = logits[i].float().cpu().numpy()
                 out.append(p)
         return out
 

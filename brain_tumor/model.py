@@ -64,6 +64,9 @@ class ModelConfig:
     dropout: float = 0.2
     output_stride: int = 32  # 16: layer4 keeps layer3's grid (stride 1, dilation 2), a 4x finer last-layer map
     temperature: float = 1.0  # softmax temperature fitted on the grouped validation split
+    # one temperature per class (vector scaling without a bias), used instead of ``temperature`` when set: trust
+    # fits both and keeps this only where it predicts held-out validation slices better (5-fold log-loss)
+    class_temperature: list[float] = field(default_factory=list)
     cam_layer: str = "layer4"  # heat-map target layer, or layers fused ("layer3:0.75+layer4"), chosen by scripts/heatmaps.py
     cam_method: str = "gradcam"  # default heat-map method, chosen the same way
     cam_power: float = 1.0  # maps are raised to this power (>1 damps faint diffuse heat), chosen the same way
@@ -105,6 +108,18 @@ class ModelConfig:
             if cam_shift_key(self.cam_layer, fitted) in self.cam_shift:
                 return self.cam_shift[cam_shift_key(self.cam_layer, fitted)]
         return {}
+
+    def logit_scale(self) -> Union[float, torch.Tensor]:
+        """What the logits are divided by before the softmax: the per-class temperatures where fitted, else the
+        one temperature. ``softmax(logits / config.logit_scale(), 1)`` is the calibrated answer everywhere."""
+        return torch.tensor(self.class_temperature, dtype=torch.float32) if self.class_temperature else self.temperature
+
+    def describe_calibration(self) -> str:
+        """The calibration in words: "temperature 0.95", or each class's temperature."""
+        if not self.class_temperature:
+            return f"temperature {self.temperature:.2f}"
+        return "temperature per class " + ", ".join(f"{self.display(c)} {t:.2f}"
+                                                      for c, t in zip(self.class_names, self.class_temperature))
 
     def display(self, name: str) -> str:
         """The words shown for class ``name`` ("no tumour" for ``notumor``)."""
@@ -152,6 +167,11 @@ def _check_config(d: Any) -> None:
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
     if not (number(d.get("temperature", 1.0)) and d.get("temperature", 1.0) > 0):
         raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
+    per_class = d.get("class_temperature", [])
+    if not (isinstance(per_class, list) and (not per_class or len(per_class) == len(names))
+            and all(number(v) and v > 0 for v in per_class)):
+        raise ModelLoadError(f"config.json class_temperature must be one positive number per class (or none), "
+                             f"got {str(per_class)[:40]}")
     if not all(v > 0 for v in d.get("std", [1.0])):
         raise ModelLoadError(f"config.json std must be positive numbers, got {str(d['std'])[:40]}")
     for key, low, high in (("abstain_below", 0.0, 1.0), ("ood_threshold", 0.0, math.inf), ("cam_power", 0.05, 20.0)):

@@ -38,7 +38,7 @@ def probabilities(predictor: Predictor, grays: list[np.ndarray], transform=None)
     prepared = torch.from_numpy(np.stack([predictor.prepare(g)[0] for g in grays]))
     logits, features = extract(predictor.model, prepared, transform=transform)
     flagged = ~predictor.looks_like_mri(features, grays)  # the app's own check
-    return torch.softmax(logits / predictor.config.temperature, 1).numpy(), flagged
+    return torch.softmax(logits / predictor.config.logit_scale(), 1).numpy(), flagged
 
 
 def film(gray: np.ndarray, rng) -> np.ndarray:

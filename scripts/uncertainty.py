@@ -24,7 +24,7 @@ from scripts._images import scored_images
 def main(argv=None) -> int:
     args, predictor, paths, y, _ = scored_images(__doc__.split("\n")[0], argv)
     prepared = np.stack([predictor.prepare(read_image(p))[0] for p in paths])
-    model, temperature = predictor.model, predictor.config.temperature
+    model, temperature = predictor.model, predictor.config.logit_scale()
     logits, feats, flipped = [], [], []
     with torch.inference_mode():
         for start in range(0, len(prepared), 64):
