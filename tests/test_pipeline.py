@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import cv2
 import numpy as np
@@ -356,6 +357,23 @@ def test_evaluate_cli_on_a_tiny_set(class_folders, tiny_model_dir, tmp_path, cap
     for name in ("confusion_matrix.png", "roc.png", "reliability.png", "confidence_histogram.png"):
         assert (report / name).stat().st_size > 1000
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_evaluate_uncalibrated_ece_reads_the_raw_scores_whatever_the_calibration(class_folders, tiny_model_dir,
+                                                                                 tmp_path):
+    figures = []
+    for per_class in ([], [0.3, 2.0, 1.0, 5.0]):
+        folder = tmp_path / f"model{len(per_class)}"
+        shutil.copytree(tiny_model_dir, folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "temperature": 1.0, "class_temperature": per_class}))
+        out = tmp_path / f"fig{len(per_class)}.json"
+        assert evaluate.main(["--data", str(class_folders), "--model", str(folder), "--json", str(out)]) == 0
+        figures.append(json.loads(out.read_text()))
+    plain, scaled = figures
+    assert plain["ece"] == pytest.approx(plain["ece_uncalibrated"])  # T = 1: calibration changes nothing
+    assert scaled["ece_uncalibrated"] == pytest.approx(plain["ece_uncalibrated"])  # the same raw scores
+    assert scaled["ece"] != pytest.approx(plain["ece"])
 
 
 def test_evaluate_refuses_an_unwritable_output_before_scoring_and_names_a_bad_split(class_folders, tiny_model_dir,

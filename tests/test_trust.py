@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brain_tumor.preprocess import prepare
-from brain_tumor.trust import fit_temperature
+from brain_tumor.trust import choose_calibration, fit_class_temperature, fit_temperature
 from brain_tumor.inference import NOT_MRI, Predictor
 from brain_tumor.model import ModelConfig, ModelLoadError, TumorClassifier, create_model
 from brain_tumor.trust import calibrate, choose_abstain_threshold, fit_ood, non_mri_images
@@ -19,6 +19,48 @@ def test_temperature_scaling_recovers_an_overconfident_scale():
     labels = torch.multinomial(torch.softmax(true_logits, 1), 1).squeeze(1)
     t = fit_temperature(true_logits * 3.0, labels)  # a model 3x too confident
     assert t == pytest.approx(3.0, rel=0.1)
+
+
+def _labelled(temperatures: list[float], n: int = 6000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of a model whose class k is 1 / temperatures[k] times too confident (bias-free), with labels drawn
+    from the true probabilities."""
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randn(n, len(temperatures), generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(true, 1), 1, generator=g).squeeze(1)
+    return true * torch.tensor(temperatures), labels
+
+
+def test_class_temperatures_recover_each_class_own_overconfidence():
+    planted = [3.0, 1.0, 0.5, 2.0]
+    logits, labels = _labelled(planted)
+    assert fit_class_temperature(logits, labels) == pytest.approx(planted, rel=0.15)
+    assert fit_class_temperature(logits[:0], labels[:0]) == []  # nothing to fit
+    assert fit_class_temperature(logits, torch.zeros_like(labels)) == []  # one class alone: no scale is identified
+
+
+def test_calibration_keeps_per_class_temperatures_only_where_they_predict_held_out_slices_better():
+    uneven = choose_calibration(*_labelled([3.0, 1.0, 0.5, 2.0]))
+    held = uneven["heldout"]
+    assert held["class_temperature"]["log_loss"] < held["temperature"]["log_loss"]
+    assert len(uneven["class_temperature"]) == 4
+    even = choose_calibration(*_labelled([2.0, 2.0, 2.0, 2.0], seed=1))
+    assert even["class_temperature"] == [] and even["temperature"] == pytest.approx(2.0, rel=0.1)
+    few = choose_calibration(*_labelled([3.0, 1.0, 0.5, 2.0], n=30))
+    assert few["class_temperature"] == [] and few["heldout"] is None  # too few slices to tell the two apart
+
+
+def test_served_answers_use_the_per_class_temperatures(tiny_model_dir):
+    from brain_tumor.model import load_model
+
+    model = load_model(str(tiny_model_dir))
+    model.config.class_temperature = [0.5, 1.0, 2.0, 4.0]
+    pred = Predictor(model).predict([synthetic_slice(1, 96)])[0]
+    expected = torch.softmax(torch.from_numpy(pred.logits) / torch.tensor([0.5, 1.0, 2.0, 4.0]), 0).numpy()
+    assert [pred.probabilities[c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "glioma 0.50" in model.config.describe_calibration().lower()
+    for bad in ([1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, "x", 1.0]):
+        with pytest.raises(ModelLoadError, match="class_temperature"):
+            ModelConfig.from_dict({"class_names": CLASSES, "class_temperature": bad})
 
 
 def test_abstain_threshold_meets_the_error_target():
