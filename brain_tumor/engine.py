@@ -279,6 +279,20 @@ def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, g
             "score": selection_score(by_group, pointing=select != "answers")}
 
 
+def record_validation(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
+                      masks: Optional[torch.Tensor], select: str) -> dict[str, Any]:
+    """validate() with the model's own calibration, kept in config.metrics as the model card shows it: the figures per
+    group, the selection score and the inverted-contrast proxy. Run after every (re)calibration: a temperature per
+    class can change answers. Returns validate()'s figures."""
+    scale = model.config.logit_scale()
+    final = validate(model, x_val, y_val, groups, masks, scale, select=select)
+    metrics = model.config.metrics
+    metrics["validation_groups"], metrics["selection_score"] = final["groups"], final["score"]
+    proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, scale)
+    metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity")}
+    return final
+
+
 def make_optimizer(model: TumorClassifier, cfg: TrainConfig):
     backbone_lr = cfg.backbone_lr if cfg.backbone_lr is not None else cfg.lr
     groups = [{"params": model.backbone_parameters(), "lr": backbone_lr},
@@ -611,12 +625,7 @@ def finish(progress: Progress, cfg: TrainConfig, model, data, sets, share, world
     cam_offset.fit(model, x_train[pick])
     temperature = model.config.logit_scale()
     val = model.config.metrics["validation"]
-    final = validate(model, x_val, y_val, sets["val_groups"], sets["m_val"], temperature, select=cfg.select)
-    model.config.metrics["validation_groups"] = final["groups"]
-    model.config.metrics["selection_score"] = final["score"]
-    proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, temperature)
-    model.config.metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity",
-                                                                            "tumor_specificity")}
+    final = record_validation(model, x_val, y_val, sets["val_groups"], sets["m_val"], cfg.select)
     if data["test"] is not None:
         log("scoring the Testing/ split")
         test = data["test"]

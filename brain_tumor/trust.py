@@ -373,6 +373,7 @@ def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, v
 def main(argv: Optional[list[str]] = None) -> int:
     from . import datasets, splits
     from .augment import strip_view
+    from .engine import record_validation
     from .hub import write_model_card
     from .model import load_model, save_model
 
@@ -405,7 +406,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    images, _, _, errors = datasets.load(col, model.config.img_size, settings=model.config.preprocessing)
+    images, _, masks, errors = datasets.load(col, model.config.img_size, settings=model.config.preprocessing)
     ok = np.array([e is None for e in errors]) & np.array([c in classes for c in col.classes])
     labels = torch.tensor([classes.index(c) if c in classes else -1 for c in col.classes])
     x, keep_val = torch.from_numpy(images), torch.from_numpy(is_val & ok)
@@ -413,9 +414,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     groups = [g for g, k in zip(col.groups(), keep_val.tolist()) if k]
     record_calibration(model, x[keep_train], labels[keep_train], x[keep_val], labels[keep_val],
                        extra_view=strip_view, val_groups=groups)
+    # the figures per group and the selection score, as the new calibration answers (train.py's own, refreshed)
+    select = model.config.training.get("config", {}).get("select", "all")
+    record_validation(model, x[keep_val], labels[keep_val], groups, torch.from_numpy(masks)[keep_val], select)
     save_model(model, folder)
     write_model_card(folder, model.config)
-    print(json.dumps(json_ready({k: model.config.metrics[k] for k in ("calibration", "mri_detector")}), indent=1))
+    print(json.dumps(json_ready({k: model.config.metrics[k] for k in ("calibration", "mri_detector", "selection_score")}),
+                     indent=1))
     return 0
 
 

@@ -121,8 +121,19 @@ def test_roots_with_different_classes_train_together(tmp_path, capsys):
     assert refit["metrics"]["cam_offset"]["slices"] == 12
     from brain_tumor import trust
     capsys.readouterr()
+    stale = json.loads((out / "config.json").read_text())
+    stale["metrics"].update(validation_groups={}, selection_score=-1.0)
+    (out / "config.json").write_text(json.dumps(stale))
     assert trust.main([str(out)]) == 0  # refit from split.json alone: the roots it names
-    refit = json.loads((out / "config.json").read_text())["metrics"]["mri_detector"]
+    metrics = json.loads((out / "config.json").read_text())["metrics"]
+    if not metrics["calibration"]["class_temperature"]:  # the run's own calibration again: its own figures
+        for name, row in groups.items():
+            assert metrics["validation_groups"][name] == pytest.approx(row, rel=1e-3, nan_ok=True)
+        assert metrics["selection_score"] == pytest.approx(cfg["metrics"]["selection_score"])
+    assert set(metrics["validation_groups"]) == set(groups)
+    assert metrics["selection_score"] != -1.0  # refreshed (None here: too few slices a group to score)
+    assert "pointing_game" in metrics["validation_groups"]["lgg/flair"]
+    refit = metrics["mri_detector"]
     assert set(refit["validation_flagged_by_group"]) <= {"kaggle", "lgg/flair", "lgg/t1"}
     assert 0 <= refit["validation_view_flagged"] <= 1
     from scripts import detector_choice  # with every training slice, its layer3 row is the detector trust fitted
