@@ -243,6 +243,10 @@ def model_card(config: ModelConfig, notes: Optional[Sequence[str]] = None) -> st
            f"weights `{tr['config']['init']}` (frozen) were learned too (weight {tr['config']['anchor_weight']:g}), "
            "so that what they got right there is kept."]
           if tr.get("config", {}).get("anchor_weight") else []),
+        *([f"- weights: a model soup, the weighted mean of " + "; ".join(
+            f"{i['weight']:.2f} x {i['kind']} (`{i['source']}`)" for i in tr["soup"]["ingredients"])
+           + "; the epochs above are the first ingredient's run. Calibration, MRI detector and heat-map offsets were "
+           "refitted on the mean."] if tr.get("soup") else []),
         "",
         "## Intended use",
         "Teaching and research on explainable classifiers: show which image regions drive a prediction.",
@@ -260,7 +264,8 @@ def model_card(config: ModelConfig, notes: Optional[Sequence[str]] = None) -> st
     for n in (config.training or {}).get("notes", []) if notes is None else notes:
         lines += ["", n]
     if (config.training or {}).get("command"):
-        lines += ["", "## Reproduce", "```", config.training["command"], "```"]
+        soup = config.training.get("soup", {}).get("command")
+        lines += ["", "## Reproduce", "```", config.training["command"], *([soup] if soup else []), "```"]
     body = "\n".join(lines) + "\n"
     return str(ModelCard("---\n" + card_data(config).to_yaml() + "\n---\n\n" + body))
 

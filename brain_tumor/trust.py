@@ -412,6 +412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     x, keep_val = torch.from_numpy(images), torch.from_numpy(is_val & ok)
     keep_train = torch.from_numpy(~is_val & ok)
     groups = [g for g, k in zip(col.groups(), keep_val.tolist()) if k]
+    torch.manual_seed(0)  # (the skull-stripped view's random strip widths: the same refit every time)
     record_calibration(model, x[keep_train], labels[keep_train], x[keep_val], labels[keep_val],
                        extra_view=strip_view, val_groups=groups)
     # the figures per group and the selection score, as the new calibration answers (train.py's own, refreshed)

@@ -16,13 +16,29 @@ then the map is chosen again (`scripts.heatmaps ... --apply`) and the soup measu
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 from brain_tumor.config import HelpFormatter
 from brain_tumor.model import ModelLoadError, load_model, save_model
+
+
+def describe(source: str) -> dict:
+    """What an ingredient is, for the soup's record: a model folder's version, or a run's settings and epochs."""
+    if source.endswith(".train_state.pt"):
+        state = torch.load(source, weights_only=True, map_location="cpu")
+        run = json.loads(state["config"]) if isinstance(state.get("config"), str) else {}
+        return {"source": source, "kind": f"a run's {'moving average' if state.get('ema') is not None else 'weights'} "
+                                          f"after epoch {state.get('epoch')}",
+                "run": {k: run[k] for k in ("init", "img_size", "epochs", "epoch_size", "lr", "seed", "out") if k in run}}
+    config = load_model(source).config
+    return {"source": source, "kind": f"model version {config.version}",
+            "trained_by": (config.training or {}).get("command", "")}
 
 
 def network_weights(source: str) -> dict[str, torch.Tensor]:
@@ -78,6 +94,10 @@ def main(argv=None) -> None:
         raise SystemExit("--weights: one non-negative number per ingredient, not all zero")
     model = load_model(args.like)
     model.net.load_state_dict(average([network_weights(s) for s in args.ingredients], weights))
+    total = sum(weights)  # the record travels in config.training (the model card shows it)
+    model.config.training = {**(model.config.training or {}), "soup": {
+        "command": "python -m scripts.soup " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        "ingredients": [{**describe(s), "weight": w / total} for s, w in zip(args.ingredients, weights)]}}
     out = Path(args.out)
     save_model(model, out)
     if (Path(args.like) / "split.json").is_file() and Path(args.like).resolve() != out.resolve():

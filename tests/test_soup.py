@@ -22,7 +22,8 @@ def test_soup_is_the_weighted_mean_of_a_folder_and_a_train_state(tmp_path):
     save_model(a, tmp_path / "a", fp16=False)
     (tmp_path / "a" / "split.json").write_text("{}\n")
     ema = torch.optim.swa_utils.AveragedModel(b, use_buffers=True)  # what train.py's --ema keeps in its state
-    torch.save({"model": a.state_dict(), "ema": ema.state_dict()}, tmp_path / "run.train_state.pt")
+    torch.save({"model": a.state_dict(), "ema": ema.state_dict(), "epoch": 5,
+                "config": '{"init": "a", "epochs": 5, "lr": 0.0003, "seed": 19}'}, tmp_path / "run.train_state.pt")
     assert torch.equal(network_weights(str(tmp_path / "run.train_state.pt"))["fc.1.weight"], b.net.fc[1].weight)
 
     main([str(tmp_path / "a"), str(tmp_path / "run.train_state.pt"), "--weights", "3,1", "--like",
@@ -35,6 +36,13 @@ def test_soup_is_the_weighted_mean_of_a_folder_and_a_train_state(tmp_path):
         assert not torch.allclose(got, a.net.state_dict()[name])
     assert soup.config.class_names == a.config.class_names
     assert (tmp_path / "soup" / "split.json").read_text() == "{}\n"
+    record = soup.config.training["soup"]  # what it is made of travels with it, and its card says so
+    assert [i["weight"] for i in record["ingredients"]] == [0.75, 0.25]
+    assert record["ingredients"][1]["run"] == {"init": "a", "epochs": 5, "lr": 0.0003, "seed": 19}
+    assert "moving average after epoch 5" in record["ingredients"][1]["kind"]
+    assert record["command"].startswith("python -m scripts.soup ") and "--weights 3,1" in record["command"]
+    from brain_tumor.hub import model_card
+    assert "model soup" in model_card(soup.config) and "0.75 x model version" in model_card(soup.config)
 
 
 def test_soup_refuses_ingredients_of_different_shapes_and_bad_weights(tmp_path):
