@@ -323,7 +323,8 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
         "temperature": model.config.temperature,
         "class_temperature": model.config.class_temperature,
         "heldout": choice["heldout"],  # each way's figures on slices its fit left out (5 folds)
-        "ece_uncalibrated": expected_calibration_error(raw.max(1), correct),
+        # (each scored by its own answer: a temperature per class can change it)
+        "ece_uncalibrated": expected_calibration_error(raw.max(1), raw.argmax(1) == y_val.numpy()),
         "ece": expected_calibration_error(conf, correct),
         "error_at_90_coverage": error_at_coverage(conf, correct, 0.9),
         "abstain_below": model.config.abstain_below,

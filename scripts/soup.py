@@ -37,7 +37,7 @@ def describe(source: str) -> dict:
                                           f"after epoch {state.get('epoch')}",
                 "run": {k: run[k] for k in ("init", "img_size", "epochs", "epoch_size", "lr", "seed", "out") if k in run}}
     config = load_model(source).config
-    return {"source": source, "kind": f"model version {config.version}",
+    return {"source": source, "kind": "a model folder" + (f" (version {config.version})" if config.version != "0" else ""),
             "trained_by": (config.training or {}).get("command", "")}
 
 

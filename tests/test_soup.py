@@ -42,7 +42,7 @@ def test_soup_is_the_weighted_mean_of_a_folder_and_a_train_state(tmp_path):
     assert "moving average after epoch 5" in record["ingredients"][1]["kind"]
     assert record["command"].startswith("python -m scripts.soup ") and "--weights 3,1" in record["command"]
     from brain_tumor.hub import model_card
-    assert "model soup" in model_card(soup.config) and "0.75 x model version" in model_card(soup.config)
+    assert "model soup" in model_card(soup.config) and "0.75 x a model folder" in model_card(soup.config)
 
 
 def test_soup_refuses_ingredients_of_different_shapes_and_bad_weights(tmp_path):

@@ -139,3 +139,22 @@ def test_blank_input_is_never_called_an_mri(tiny_model_dir):
     assert not blank.looks_like_mri and slice_.looks_like_mri
     record = slice_.to_json()
     assert set(record) >= {"uncertainty", "looks_like_mri", "needs_review"}
+
+
+def test_uncalibrated_ece_scores_the_raw_answers_when_per_class_temperatures_change_them(monkeypatch):
+    """ECE before calibration is the raw softmax's: its confidence against its own answers, not the calibrated ones."""
+    from brain_tumor import trust
+    from brain_tumor.metrics import expected_calibration_error
+
+    torch.manual_seed(0)
+    model = create_model(CLASSES, init="scratch", img_size=64).eval()
+    x = torch.from_numpy(np.stack([prepare(synthetic_slice(i, 96, tumor=i % 4 != 2), 64)[0] for i in range(60)]))
+    y = torch.tensor([i % 4 for i in range(60)])
+    monkeypatch.setattr(trust, "choose_calibration", lambda lo, la: {  # a strong per-class pull: answers change
+        "temperature": 1.0, "class_temperature": [0.05, 19.0, 19.0, 19.0], "heldout": None})
+    figures = calibrate(model, x[:30], y[:30], x[30:], y[30:], measure_negatives=False)
+    raw = torch.softmax(trust.predict_logits(model, x[30:]), 1).numpy()
+    calibrated = torch.softmax(trust.predict_logits(model, x[30:]) / model.config.logit_scale(), 1).numpy()
+    assert (raw.argmax(1) != calibrated.argmax(1)).any()
+    assert figures["ece_uncalibrated"] == pytest.approx(
+        expected_calibration_error(raw.max(1), raw.argmax(1) == y[30:].numpy()))
