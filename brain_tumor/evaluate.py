@@ -128,6 +128,7 @@ def evaluate(predictor: Predictor, data: Union[str, Sequence[str]], heatmaps: bo
     for name, row in figures["groups"].items():
         members = [k for k, gg in enumerate(g_ok) if gg == name]
         row["not_mri_flagged"] = float(flagged[members].mean())
+        row["ece"] = expected_calibration_error(confidence[members], correct[members])  # (the Kaggle part's, say)
         if heatmaps:
             row.update({k: v for k, v in _heatmap_figures(predictor, [scores[ok[k]] for k in members
                                                                      if ok[k] in scores]).items()

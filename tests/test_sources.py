@@ -281,6 +281,10 @@ def test_evaluate_reports_each_source_and_sequence(tmp_path, tiny_model_dir, cap
     assert set(figures["groups"]) == {"kaggle", "lgg/flair", "lgg/t1"}
     assert figures["groups"]["lgg/flair"]["n"] == 6
     assert sum(g["n"] for g in figures["groups"].values()) == figures["n"]
+    assert all(0 <= g["ece"] <= 1 for g in figures["groups"].values())  # calibration per source (Kaggle's, say)
+    assert evaluate.main(["--data", str(kaggle), "--model", str(tiny_model_dir), "--json", str(tmp_path / "k.json")]) == 0
+    alone = json.loads((tmp_path / "k.json").read_text())
+    assert alone["groups"]["kaggle"]["ece"] == pytest.approx(alone["ece"])  # one group: the pooled figure
 
 
 def test_weights_licence_follows_the_training_data():
