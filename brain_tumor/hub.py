@@ -243,7 +243,7 @@ def model_card(config: ModelConfig, notes: Optional[Sequence[str]] = None) -> st
            f"weights `{tr['config']['init']}` (frozen) were learned too (weight {tr['config']['anchor_weight']:g}), "
            "so that what they got right there is kept."]
           if tr.get("config", {}).get("anchor_weight") else []),
-        *([f"- weights: a model soup, the weighted mean of " + "; ".join(
+        *(["- weights: a model soup, the weighted mean of " + "; ".join(
             f"{i['weight']:.2f} x {i['kind']} (`{i['source']}`)" for i in tr["soup"]["ingredients"])
            + "; the epochs above are the first ingredient's run. Calibration, MRI detector and heat-map offsets were "
            "refitted on the mean."] if tr.get("soup") else []),

@@ -1,4 +1,5 @@
-"""How far to trust an answer: calibration, abstention, and the 'does this look like a brain MRI' check.
+"""How far to trust an answer: calibration, abstention, and the 'does this look like a brain MRI' check, with the
+validation figures they rest on (per group, the selection score, the layer4 CAM pointing game).
 
 All three are fitted on the training run's own data (the grouped validation split, never test data)
 and stored in the checkpoint:
@@ -25,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import math
-
 import cv2
 import numpy as np
 import torch
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from .config import HelpFormatter
 from .preprocess import normalise
-from .metrics import classification_report, json_ready
+from .metrics import classification_report, group_reports, json_ready, selection_score
 from .model import OOD_FEATURES, TumorClassifier
 
 # The threshold's quantile of validation MRIs' distances. 0.999 since 2026-12-04 (0.995 before): fitted without one
@@ -153,6 +152,64 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, model: TumorClas
     ``model.config.logit_scale()``)."""
     probs = torch.softmax(logits.float() / temperature, 1).numpy()
     return classification_report(labels.numpy(), probs, model.config.class_names, model.config.no_tumor_indices)
+
+
+# ---------------------------------------------------------------------------- validation figures
+
+@torch.inference_mode()
+def cam_pointing(model: TumorClassifier, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor,
+                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Per masked tumour slice: (does the true class's layer4 CAM peak, upsampled, fall in the mask; share of its
+    mass inside the mask). The cheap check of the heat-map objective during training."""
+    model.eval()
+    device = next(model.parameters()).device
+    hits, shares = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].float().div(255).unsqueeze(1)
+        _, _, maps = model.forward_with_maps(normalise(x.to(device), model.config.mean, model.config.std))
+        cam = model.class_activation(maps, labels[start:start + batch_size].to(device)).float().cpu()
+        cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).flatten(1)
+        m = masks[start:start + batch_size].flatten(1).bool()
+        hits.append(m.gather(1, cam.argmax(1, keepdim=True)).squeeze(1).numpy())
+        shares.append(((cam * m).sum(1) / cam.sum(1).clamp(min=1e-6)).numpy())
+    return (np.concatenate(hits) if hits else np.zeros(0, bool)), (np.concatenate(shares) if shares else np.zeros(0))
+
+
+def validate(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
+             masks: Optional[torch.Tensor] = None, temperature: Union[float, torch.Tensor] = 1.0,
+             select: str = "all") -> dict[str, Any]:
+    """Figures on the validation split: pooled, per group (with the layer4 CAM pointing game where masks exist),
+    and the selection score over groups (without the pointing game when ``select`` is "answers")."""
+    logits = predict_logits(model, x_val)
+    pooled = evaluate_logits(logits, y_val, model, temperature)
+    probs = torch.softmax(logits.float() / temperature, 1).numpy()  # (temperature: a number or one per class)
+    by_group = group_reports(y_val.numpy(), probs, groups, model.config.class_names, model.config.no_tumor_indices)
+    if masks is not None:
+        has = masks.flatten(1).amax(1) > 0
+        if has.any():
+            idx = torch.nonzero(has).flatten()
+            hits, shares = cam_pointing(model, x_val[idx], y_val[idx], masks[idx])
+            g = np.asarray(groups)[idx.numpy()]
+            for name in set(g.tolist()):
+                by_group[name]["pointing_game"] = float(hits[g == name].mean())
+                by_group[name]["heat_in_mask"] = float(shares[g == name].mean())
+                by_group[name]["n_masked"] = int((g == name).sum())
+    return {"loss": F.cross_entropy(logits, y_val).item(), "pooled": pooled, "groups": by_group,
+            "score": selection_score(by_group, pointing=select != "answers")}
+
+
+def record_validation(model: TumorClassifier, x_val: torch.Tensor, y_val: torch.Tensor, groups: list[str],
+                      masks: Optional[torch.Tensor], select: str) -> dict[str, Any]:
+    """validate() with the model's own calibration, kept in config.metrics as the model card shows it: the figures per
+    group, the selection score and the inverted-contrast proxy. Run after every (re)calibration: a temperature per
+    class can change answers. Returns validate()'s figures."""
+    scale = model.config.logit_scale()
+    final = validate(model, x_val, y_val, groups, masks, scale, select=select)
+    metrics = model.config.metrics
+    metrics["validation_groups"], metrics["selection_score"] = final["groups"], final["score"]
+    proxy = evaluate_logits(predict_logits(model, x_val, transform=sequence_proxy), y_val, model, scale)
+    metrics["inverted_contrast_proxy"] = {k: proxy[k] for k in ("accuracy", "tumor_sensitivity", "tumor_specificity")}
+    return final
 
 
 # ---------------------------------------------------------------------------- the MRI detector, abstention
@@ -374,7 +431,6 @@ def record_calibration(model, x_train, y_train, x_val, y_val, extra_view=None, v
 def main(argv: Optional[list[str]] = None) -> int:
     from . import datasets, splits
     from .augment import strip_view
-    from .engine import record_validation
     from .hub import write_model_card
     from .model import load_model, save_model
 
