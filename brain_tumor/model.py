@@ -165,13 +165,15 @@ def _check_config(d: Any) -> None:
                              f"got {str(d['ood_features'])[:20]}")
     if d.get("output_stride", 32) not in (16, 32):
         raise ModelLoadError(f"config.json output_stride must be 16 or 32, got {str(d['output_stride'])[:20]}")
-    if not (number(d.get("temperature", 1.0)) and d.get("temperature", 1.0) > 0):
-        raise ModelLoadError(f"config.json temperature must be a positive number, got {str(d['temperature'])[:20]}")
+    sane = lambda t: number(t) and 1e-3 <= t <= 1e3  # noqa: E731  (a temperature near 0 would overflow the softmax)
+    if not sane(d.get("temperature", 1.0)):
+        raise ModelLoadError(f"config.json temperature must be a number from 0.001 to 1000, "
+                             f"got {str(d['temperature'])[:20]}")
     per_class = d.get("class_temperature", [])
     if not (isinstance(per_class, list) and (not per_class or len(per_class) == len(names))
-            and all(number(v) and v > 0 for v in per_class)):
-        raise ModelLoadError(f"config.json class_temperature must be one positive number per class (or none), "
-                             f"got {str(per_class)[:40]}")
+            and all(sane(v) for v in per_class)):
+        raise ModelLoadError(f"config.json class_temperature must be one number from 0.001 to 1000 per class (or "
+                             f"none), got {str(per_class)[:40]}")
     if not all(v > 0 for v in d.get("std", [1.0])):
         raise ModelLoadError(f"config.json std must be positive numbers, got {str(d['std'])[:40]}")
     for key, low, high in (("abstain_below", 0.0, 1.0), ("ood_threshold", 0.0, math.inf), ("cam_power", 0.05, 20.0)):

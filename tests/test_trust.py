@@ -58,7 +58,7 @@ def test_served_answers_use_the_per_class_temperatures(tiny_model_dir):
     expected = torch.softmax(torch.from_numpy(pred.logits) / torch.tensor([0.5, 1.0, 2.0, 4.0]), 0).numpy()
     assert [pred.probabilities[c] for c in CLASSES] == pytest.approx(expected.tolist(), abs=1e-5)
     assert "glioma 0.50" in model.config.describe_calibration().lower()
-    for bad in ([1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, "x", 1.0]):
+    for bad in ([1.0, 1.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, "x", 1.0], [1e-300, 1.0, 1.0, 1.0], [True] * 4):
         with pytest.raises(ModelLoadError, match="class_temperature"):
             ModelConfig.from_dict({"class_names": CLASSES, "class_temperature": bad})
 
