@@ -33,8 +33,7 @@ from .distributed import World, setup, teardown
 from . import cam_offset, datasets, splits
 from .metrics import MIN_SUPPORT, format_group_table
 from .model import TumorClassifier, create_model, load_model, save_model
-from .trust import (cam_pointing, evaluate_logits, predict_logits, record_calibration,  # noqa: F401 (cam_pointing:
-                    record_validation, validate)  # tests read it here)
+from .trust import evaluate_logits, predict_logits, record_calibration, record_validation, validate
 
 STATE_NAME = "train_state.pt"
 RESUME_KEYS = ("data", "img_size", "init", "seed", "output_stride")  # a saved state resumes only the same run

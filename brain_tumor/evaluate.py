@@ -89,12 +89,9 @@ def evaluate(predictor: Predictor, data: Union[str, Sequence[str]], heatmaps: bo
     y = np.array([to_model[folder.labels[i]] for i in ok])
     no_tumor = predictor.config.no_tumor_indices
     # the uncalibrated softmax(z) of each slice's raw scores (calibration: softmax(z / T), one T or one per class)
-    if all(results[i].logits is not None for i in ok):
-        z = np.array([results[i].logits for i in ok], dtype=np.float64)
-        raw = np.exp(z - z.max(1, keepdims=True))
-        raw /= raw.sum(1, keepdims=True)
-    else:  # (predictions made elsewhere, without their raw scores: the calibrated ones stand in)
-        raw = probs
+    z = np.array([results[i].logits for i in ok], dtype=np.float64)  # (Predictor.predict keeps them on each answer)
+    raw = np.exp(z - z.max(1, keepdims=True))
+    raw /= raw.sum(1, keepdims=True)
     if mode == "multiclass":
         figures = classification_report(y, probs, predictor.classes, no_tumor)
         correct = probs.argmax(1) == y

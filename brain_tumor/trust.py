@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .config import HelpFormatter
 from .preprocess import normalise
-from .metrics import classification_report, group_reports, json_ready, selection_score
+from .metrics import classification_report, expected_calibration_error, group_reports, json_ready, selection_score
 from .model import OOD_FEATURES, TumorClassifier
 
 # The threshold's quantile of validation MRIs' distances. 0.999 since 2026-12-04 (0.995 before): fitted without one
@@ -118,8 +118,6 @@ def choose_calibration(logits: torch.Tensor, labels: torch.Tensor, folds: int = 
     """One temperature or one per class, whichever predicts held-out slices better: each is fitted on four fifths of
     the validation slices and scored (log-loss, ECE) on the fifth left out. Both are then refitted on all of them;
     ``class_temperature`` is [] when the one temperature wins (or too few slices to tell)."""
-    from .metrics import expected_calibration_error
-
     logits, labels = logits.detach().float(), labels.detach().long()
     out: dict[str, Any] = {"temperature": fit_temperature(logits, labels), "class_temperature": [],
                            "heldout": None}
@@ -351,7 +349,7 @@ def calibrate(model, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.
     training and validation slice to the detector's fit and threshold, so inputs of that kind pass as MRIs.
     ``val_groups`` (source/sequence per validation slice) gives the share flagged per group."""
     from .preprocess import prepare
-    from .metrics import error_at_coverage, expected_calibration_error
+    from .metrics import error_at_coverage
 
     _, f_train = extract(model, x_train)
     val_logits, f_val = extract(model, x_val)

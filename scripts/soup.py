@@ -5,8 +5,8 @@ An ingredient is a model folder (or its .safetensors file, or a Hub id), or a ru
 which train.py keeps beside the model folder: its moving average with --ema, else the last epoch's weights, the
 ones a finished run does not otherwise keep). Averaging only makes sense for networks that share a training
 trajectory (one continued from the other); the batch-norm statistics are averaged too, as the EMA does.
-The folder takes config.json (its training record and per-group validation figures too: refresh those before
-publishing a soup) and split.json from ``--like``; what depends on the weights is refit afterwards:
+The folder takes config.json (its training record too, with the soup's own record added) and split.json from
+``--like``; what depends on the weights is refit afterwards (trust also refreshes the per-group validation figures):
 
     python -m scripts.soup model runs/run17.train_state.pt --like runs/run17 --out runs/soup
     python -m brain_tumor.trust runs/soup && python -m brain_tumor.cam_offset runs/soup    # temperature, detector, offsets
@@ -28,22 +28,11 @@ from brain_tumor.config import HelpFormatter
 from brain_tumor.model import ModelLoadError, load_model, save_model
 
 
-def describe(source: str) -> dict:
-    """What an ingredient is, for the soup's record: a model folder's version, or a run's settings and epochs."""
-    if source.endswith(".train_state.pt"):
-        state = torch.load(source, weights_only=True, map_location="cpu")
-        run = json.loads(state["config"]) if isinstance(state.get("config"), str) else {}
-        return {"source": source, "kind": f"a run's {'moving average' if state.get('ema') is not None else 'weights'} "
-                                          f"after epoch {state.get('epoch')}",
-                "run": {k: run[k] for k in ("init", "img_size", "epochs", "epoch_size", "lr", "seed", "out") if k in run}}
-    config = load_model(source).config
-    return {"source": source, "kind": "a model folder" + (f" (version {config.version})" if config.version != "0" else ""),
-            "trained_by": (config.training or {}).get("command", "")}
-
-
-def network_weights(source: str) -> dict[str, torch.Tensor]:
-    """The network's state dict (the keys of ``TumorClassifier.net``) of a run's train state, or of any model source
-    `load_model` takes (a model folder, a .safetensors file with its config.json, a Hub id)."""
+def ingredient(source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """An ingredient read once: its network's state dict (the keys of ``TumorClassifier.net``) and what it is, for the
+    soup's record. ``source`` is a run's train state (its moving average, else its last weights; with the run's
+    settings and epoch) or any model source `load_model` takes (a model folder, a .safetensors file with its
+    config.json, a Hub id)."""
     if source.endswith(".train_state.pt"):  # our own resumable state, read as engine.resume reads it
         if not Path(source).is_file():
             raise SystemExit(f"{source}: not a model: no such train state")
@@ -52,11 +41,19 @@ def network_weights(source: str) -> dict[str, torch.Tensor]:
             weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
         else:
             weights = state["model"]
-        return {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}
+        run = json.loads(state["config"]) if isinstance(state.get("config"), str) else {}
+        about = {"source": source, "kind": f"a run's {'moving average' if state.get('ema') is not None else 'weights'} "
+                                           f"after epoch {state.get('epoch')}",
+                 "run": {k: run[k] for k in ("init", "img_size", "epochs", "epoch_size", "lr", "seed", "out") if k in run}}
+        return {k.removeprefix("net."): v for k, v in weights.items() if k.startswith("net.")}, about
     try:
-        return load_model(source).net.state_dict()
+        model = load_model(source)
     except ModelLoadError as e:
         raise SystemExit(f"{source}: not a model ({e})") from None
+    config = model.config
+    return model.net.state_dict(), {
+        "source": source, "kind": "a model folder" + (f" (version {config.version})" if config.version != "0" else ""),
+        "trained_by": (config.training or {}).get("command", "")}
 
 
 def average(states: list[dict[str, torch.Tensor]], weights: list[float]) -> dict[str, torch.Tensor]:
@@ -93,11 +90,12 @@ def main(argv=None) -> None:
     if len(weights) != len(args.ingredients) or min(weights) < 0 or sum(weights) <= 0:
         raise SystemExit("--weights: one non-negative number per ingredient, not all zero")
     model = load_model(args.like)
-    model.net.load_state_dict(average([network_weights(s) for s in args.ingredients], weights))
+    states, about = zip(*(ingredient(s) for s in args.ingredients))
+    model.net.load_state_dict(average(list(states), weights))
     total = sum(weights)  # the record travels in config.training (the model card shows it)
     model.config.training = {**(model.config.training or {}), "soup": {
         "command": "python -m scripts.soup " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        "ingredients": [{**describe(s), "weight": w / total} for s, w in zip(args.ingredients, weights)]}}
+        "ingredients": [{**a, "weight": w / total} for a, w in zip(about, weights)]}}
     out = Path(args.out)
     save_model(model, out)
     if (Path(args.like) / "split.json").is_file() and Path(args.like).resolve() != out.resolve():

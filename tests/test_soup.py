@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brain_tumor.model import create_model, load_model, save_model
-from scripts.soup import main, network_weights
+from scripts.soup import ingredient, main
 
 from conftest import CLASSES
 
@@ -24,7 +24,7 @@ def test_soup_is_the_weighted_mean_of_a_folder_and_a_train_state(tmp_path):
     ema = torch.optim.swa_utils.AveragedModel(b, use_buffers=True)  # what train.py's --ema keeps in its state
     torch.save({"model": a.state_dict(), "ema": ema.state_dict(), "epoch": 5,
                 "config": '{"init": "a", "epochs": 5, "lr": 0.0003, "seed": 19}'}, tmp_path / "run.train_state.pt")
-    assert torch.equal(network_weights(str(tmp_path / "run.train_state.pt"))["fc.1.weight"], b.net.fc[1].weight)
+    assert torch.equal(ingredient(str(tmp_path / "run.train_state.pt"))[0]["fc.1.weight"], b.net.fc[1].weight)
 
     main([str(tmp_path / "a"), str(tmp_path / "run.train_state.pt"), "--weights", "3,1", "--like",
           str(tmp_path / "a"), "--out", str(tmp_path / "soup")])

@@ -13,7 +13,8 @@ import train
 from brain_tumor import datasets, evaluate, metrics, splits
 from brain_tumor.config import TrainConfig
 from brain_tumor.augment import strip_view
-from brain_tumor.engine import cam_pointing, localisation_loss
+from brain_tumor.engine import localisation_loss
+from brain_tumor.trust import cam_pointing
 from brain_tumor.model import create_model, load_model
 from conftest import CLASSES, synthetic_slice, write_class_folders
 
